@@ -97,7 +97,9 @@ def test_every_truncation_is_refused() -> None:
     for length in range(len(message)):
         sink = io.BytesIO()
         with pytest.raises(rncryptor.InvalidMessage):
-            rncryptor.decrypt_stream(io.BytesIO(message[:length]), sink, password="correct horse battery staple")
+            rncryptor.decrypt_stream(
+                io.BytesIO(message[:length]), sink, password="correct horse battery staple"
+            )
         assert sink.getvalue() == b""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,7 +26,8 @@ def _clean_text(value: str) -> str:
     match = _FORBIDDEN_CHARS.search(value)
     if match:
         raise ValueError(
-            f"contains a control or invalid character (U+{ord(match.group()):04X}) at position {match.start()}"
+            f"contains a control or invalid character (U+{ord(match.group()):04X})"
+            f" at position {match.start()}"
         )
     return value
 
@@ -40,7 +41,7 @@ def new_report_id() -> str:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 class _Model(BaseModel):
@@ -79,7 +80,9 @@ class Consent(_Model):
     consenter: Literal["patient", "guardian", "substitute_decision_maker", "none"]
     consenter_name: Text | None = None
     method: Literal["verbal", "written", "clinical_necessity"]
-    witness_staff_id: Text | None = Field(default=None, description="Staff member who witnessed verbal consent")
+    witness_staff_id: Text | None = Field(
+        default=None, description="Staff member who witnessed verbal consent"
+    )
     purposes: dict[Purpose, bool] = Field(description="Each purpose answered yes or no")
     exception_reason: Text | None = Field(default=None, description="Required for clinical_necessity")
     text_version: RequiredText = Field(description="Version of the clinic's consent wording shown")
@@ -147,7 +150,9 @@ class Report(_Model):
         return self.model_dump(mode="json")
 
 
-def make_photo(index: int, jpeg: bytes, width: int, height: int, captured_at: datetime, **fields: object) -> Photo:
+def make_photo(
+    index: int, jpeg: bytes, width: int, height: int, captured_at: datetime, **fields: object
+) -> Photo:
     """A Photo record for already-stripped JPEG bytes."""
     photo_id = f"photo-{index:02d}"
     return Photo(
