@@ -52,18 +52,62 @@ def test_every_official_vector_file_was_read() -> None:
     assert len(vectors.load("password")) >= 4
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, rncryptor.CHUNK_SIZE - 1, rncryptor.CHUNK_SIZE * 2 + 5])
-def test_streamed_round_trip_in_odd_pieces(size: int) -> None:
+def test_streamed_round_trip_in_odd_pieces(size: int, background: bool) -> None:
     plaintext = os.urandom(size)
     key = os.urandom(64)
     out = io.BytesIO()
-    with rncryptor.Encryptor.with_key(out, key) as enc:
+    with rncryptor.Encryptor.with_key(out, key, background=background) as enc:
         for start in range(0, size, 7777):
             enc.write(plaintext[start : start + 7777])
+        enc.write(plaintext[: size // 2])
+    plaintext += plaintext[: size // 2]
     message = out.getvalue()
     assert message[:2] == b"\x03\x00"
     assert message[-32:] == enc.tag
     assert rncryptor.decrypt(message, data_key=key) == plaintext
+
+
+def test_background_writer_matches_inline_output_exactly() -> None:
+    plaintext, key, iv = os.urandom(5 * rncryptor.CHUNK_SIZE + 3), os.urandom(64), os.urandom(16)
+    outputs = []
+    for background in (False, True):
+        out = io.BytesIO()
+        with rncryptor.Encryptor.with_key(out, key, iv=iv, background=background) as enc:
+            enc.write(plaintext)
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1]
+
+
+class _BrokenSink(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failing_sink_surfaces_in_the_writing_thread() -> None:
+    enc = rncryptor.Encryptor.with_key(_BrokenSink(), os.urandom(64), background=True)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(10):
+            enc.write(os.urandom(rncryptor.CHUNK_SIZE))
+        enc.close()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_an_error_inside_the_block_leaves_no_finished_message(background: bool) -> None:
+    out = io.BytesIO()
+    with (
+        pytest.raises(RuntimeError),
+        rncryptor.Encryptor.with_key(out, os.urandom(64), background=background) as enc,
+    ):
+        enc.write(b"half a report")
+        raise RuntimeError("camera unplugged")
+    with pytest.raises(ValueError, match="not finished"):
+        _ = enc.tag
+    assert len(out.getvalue()) < 2 + 16 + 16 + 32
 
 
 def test_random_ivs_and_salts_differ_each_time() -> None:

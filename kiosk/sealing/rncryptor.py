@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import io
 import os
+import queue
+import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import BinaryIO
 
 from cryptography.hazmat.primitives import constant_time, hashes, hmac, padding
@@ -55,10 +58,22 @@ def split_key(data_key: bytes) -> tuple[bytes, bytes]:
 class Encryptor(io.RawIOBase):
     """A write-only stream: plaintext in, RNCryptor v3 ciphertext out to ``sink``.
 
-    ``close()`` writes the padding and the HMAC; until then the message is incomplete.
+    ``close()`` writes the padding and the HMAC; until then the message is incomplete. Leaving a ``with``
+    block through an exception abandons the message instead, so no complete-looking message is made from
+    partial input. With ``background=True`` the HMAC and the writes to ``sink`` run in a second thread
+    while this one encrypts the next chunk: both release the GIL, so sealing uses two cores.
     """
 
-    def __init__(self, sink: BinaryIO, header: bytes, enc_key: bytes, hmac_key: bytes, iv: bytes) -> None:
+    def __init__(
+        self,
+        sink: BinaryIO,
+        header: bytes,
+        enc_key: bytes,
+        hmac_key: bytes,
+        iv: bytes,
+        *,
+        background: bool = False,
+    ) -> None:
         super().__init__()
         if len(enc_key) != KEY_SIZE or len(hmac_key) != KEY_SIZE or len(iv) != IV_SIZE:
             raise ValueError("RNCryptor v3 needs 32-byte keys and a 16-byte IV")
@@ -67,12 +82,22 @@ class Encryptor(io.RawIOBase):
         self._padder = padding.PKCS7(128).padder()
         self._mac = hmac.HMAC(hmac_key, hashes.SHA256())
         self._tag: bytes | None = None
+        self._error: BaseException | None = None
+        # A few chunks in flight bound the memory whatever the message size.
+        self._queue: queue.Queue[bytes | None] | None = queue.Queue(maxsize=4) if background else None
+        self._worker: threading.Thread | None = None
+        if self._queue is not None:
+            self._worker = threading.Thread(target=self._drain, name="rncryptor-writer", daemon=True)
+            self._worker.start()
         self._emit(header + iv)
 
     @classmethod
-    def with_key(cls, sink: BinaryIO, data_key: bytes, *, iv: bytes | None = None) -> Encryptor:
+    def with_key(
+        cls, sink: BinaryIO, data_key: bytes, *, iv: bytes | None = None, background: bool = False
+    ) -> Encryptor:
         enc_key, hmac_key = split_key(data_key)
-        return cls(sink, bytes([VERSION, OPTION_KEY]), enc_key, hmac_key, iv or os.urandom(IV_SIZE))
+        header = bytes([VERSION, OPTION_KEY])
+        return cls(sink, header, enc_key, hmac_key, iv or os.urandom(IV_SIZE), background=background)
 
     @classmethod
     def with_password(
@@ -83,12 +108,13 @@ class Encryptor(io.RawIOBase):
         enc_salt: bytes | None = None,
         hmac_salt: bytes | None = None,
         iv: bytes | None = None,
+        background: bool = False,
     ) -> Encryptor:
         enc_salt = enc_salt if enc_salt is not None else os.urandom(SALT_SIZE)
         hmac_salt = hmac_salt if hmac_salt is not None else os.urandom(SALT_SIZE)
         header = bytes([VERSION, OPTION_PASSWORD]) + enc_salt + hmac_salt
         enc_key, hmac_key = derive_key(password, enc_salt), derive_key(password, hmac_salt)
-        return cls(sink, header, enc_key, hmac_key, iv or os.urandom(IV_SIZE))
+        return cls(sink, header, enc_key, hmac_key, iv or os.urandom(IV_SIZE), background=background)
 
     def writable(self) -> bool:
         return True
@@ -96,15 +122,39 @@ class Encryptor(io.RawIOBase):
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self.closed:
             raise ValueError("write to a closed Encryptor")
-        self._emit(self._cipher.update(self._padder.update(data)))
-        return len(data)
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK_SIZE):
+            self._emit(self._cipher.update(self._padder.update(view[start : start + CHUNK_SIZE])))
+        return len(view)
 
     def close(self) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             self._emit(self._cipher.update(self._padder.finalize()) + self._cipher.finalize())
+            self._stop_worker()
             self._tag = self._mac.finalize()
             self._sink.write(self._tag)
-        super().close()
+        finally:
+            self._stop_worker()
+            super().close()
+
+    def abort(self) -> None:
+        """Stop without finishing the message (no padding, no HMAC)."""
+        try:
+            self._stop_worker()
+        except BaseException:  # noqa: S110 - the caller is already handling the error that made it abort
+            pass
+        finally:
+            super().close()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
     @property
     def tag(self) -> bytes:
@@ -114,9 +164,34 @@ class Encryptor(io.RawIOBase):
         return self._tag
 
     def _emit(self, chunk: bytes) -> None:
-        if chunk:
+        if not chunk:
+            return
+        if self._queue is None:
             self._mac.update(chunk)
             self._sink.write(chunk)
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._mac.update(chunk)
+                    self._sink.write(chunk)
+                except BaseException as exc:  # handed to the writing thread at its next call
+                    self._error = exc
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None and self._queue is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def encrypt_with_key(plaintext: bytes, data_key: bytes, *, iv: bytes | None = None) -> bytes:

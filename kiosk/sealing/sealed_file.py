@@ -108,7 +108,7 @@ class EnvelopeSealer:
 
     def encryptor(self, sink: BinaryIO) -> rncryptor.Encryptor:
         assert self._data_key is not None, "an EnvelopeSealer seals one report"
-        return rncryptor.Encryptor.with_key(sink, self._data_key)
+        return rncryptor.Encryptor.with_key(sink, self._data_key, background=True)
 
     def package(self, header: SealedHeader) -> dict[str, Any]:
         assert self._data_key is not None
@@ -128,7 +128,7 @@ class PassphraseSealer:
         return {"encryption": "passphrase"}
 
     def encryptor(self, sink: BinaryIO) -> rncryptor.Encryptor:
-        return rncryptor.Encryptor.with_password(sink, self._passphrase)
+        return rncryptor.Encryptor.with_password(sink, self._passphrase, background=True)
 
     def package(self, header: SealedHeader) -> dict[str, Any]:
         return {"header": header.as_dict()}
