@@ -9,6 +9,7 @@ packages=(
   libjpeg-turbo-progs     # jpegtran: lossless orientation correction
   fonts-dejavu-core       # a Unicode font for report.pdf
   poppler-utils           # tests and docs: render report.pdf pages
+  chromium                # tests: the recipient page's WebCrypto code in real headless Chromium
 )
 
 missing=()
