@@ -8,6 +8,7 @@ between "sent" and "recorded", and the destination must not keep a second copy.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -55,10 +56,22 @@ class Parcel:
 
 
 class Destination(ABC):
-    type_name: ClassVar[str]
+    """One transport. Subclasses that deliver the report itself (not the sealed file) set
+    ``needs_plaintext`` and call ``self.open_bundle(parcel)`` for the bundle's entries, in memory."""
 
-    def __init__(self, config: DestinationConfigBase) -> None:
+    type_name: ClassVar[str]
+    needs_plaintext: ClassVar[bool] = False
+
+    def __init__(
+        self, config: DestinationConfigBase, open_bundle: Callable[[Parcel], dict[str, bytes]] | None = None
+    ) -> None:
         self.config = config
+        self._open_bundle = open_bundle
+
+    def open_bundle(self, parcel: Parcel) -> dict[str, bytes]:
+        if self._open_bundle is None:
+            raise DeliveryError(f"destination {self.name} cannot open reports here", permanent=True)
+        return self._open_bundle(parcel)
 
     @property
     def name(self) -> str:

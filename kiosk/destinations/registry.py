@@ -8,6 +8,7 @@ from pydantic import Field
 
 from kiosk.destinations.base import Destination, DestinationConfigBase
 from kiosk.destinations.folder import FolderConfig, FolderDestination
+from kiosk.destinations.plaintext import Unwrap, bundle_opener
 
 _TYPES: dict[type[DestinationConfigBase], type[Destination]] = {
     FolderConfig: FolderDestination,
@@ -21,5 +22,9 @@ else:  # pydantic needs a real union for a discriminator
     DestinationConfig = FolderConfig  # type: ignore[misc]
 
 
-def build(config: DestinationConfigBase) -> Destination:
-    return _TYPES[type(config)](config)
+def build(config: DestinationConfigBase, *, unwrap: Unwrap | None = None) -> Destination:
+    """A ready destination; ``unwrap`` (the key server's delivery unwrap) serves plaintext destinations."""
+    cls = _TYPES[type(config)]
+    if not cls.needs_plaintext:
+        return cls(config)
+    return cls(config, bundle_opener(passphrase_file=config.passphrase_file, unwrap=unwrap))
