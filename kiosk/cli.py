@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import sys
 from datetime import date
 from pathlib import Path
@@ -18,16 +19,17 @@ import click
 from pydantic import ValidationError
 
 from kiosk import config as config_module
-from kiosk import keyring
-from kiosk.destinations import registry
+from kiosk import keyring, station
 from kiosk.destinations.base import DeliveryError
+from kiosk.keyserver_client import KeyServerError, enroll
 from kiosk.outbox.sender import drain
 from kiosk.outbox.store import Outbox
+from kiosk.outbox.worker import OutboxWorker
 from kiosk.pipeline import PhotoInput, SealError, assemble_report, seal_and_queue
 from kiosk.report.bundle import InvalidBundle, extract_bundle, read_bundle
 from kiosk.report.jpeg_strip import InvalidPhoto
 from kiosk.report.model import PURPOSES, BodySite, Consent, Patient, Staff, Station, utc_now
-from kiosk.sealing import passphrase, rncryptor
+from kiosk.sealing import envelope, passphrase, rncryptor
 from kiosk.sealing.sealed_file import InvalidSealedFile, decrypt_payload, read_sealed
 
 EXIT_QUEUED = 3
@@ -42,6 +44,7 @@ _EXPECTED_ERRORS = (
     InvalidBundle,
     DeliveryError,
     FileExistsError,
+    KeyServerError,
 )
 
 
@@ -195,7 +198,7 @@ def send(ctx: click.Context, **opts: Any) -> None:
     outbox = Outbox(config.station.data_dir)
     try:
         seal_and_queue(report, chosen, config, outbox)
-        targets = {d.name: registry.build(d) for d in config.destination}
+        targets = station.destinations(config)
         delivered = drain(outbox, targets, timeout=opts["wait"], report_id=report.report_id)
         states = {d.destination: d for d in outbox.deliveries() if d.report_id == report.report_id}
     finally:
@@ -289,6 +292,96 @@ def outbox_list(ctx: click.Context) -> None:
         )
     if not pending:
         click.echo("the outbox is empty")
+
+
+@outbox.command(name="retry")
+@click.argument("report_id", required=False)
+@click.pass_context
+def outbox_retry(ctx: click.Context, report_id: str | None) -> None:
+    """Retry now (every waiting report, or one), including ones that failed permanently."""
+    store = Outbox(_config(ctx).station.data_dir)
+    try:
+        count = store.retry(report_id)
+    finally:
+        store.close()
+    click.echo(f"{count} deliveries will be retried by the running station")
+
+
+@outbox.command(name="drop")
+@click.argument("report_id")
+@click.option("--destination", help="Only this destination (default: every undelivered one).")
+@click.option("--by", "actor", required=True, help="Who decides (recorded in the audit).")
+@click.confirmation_option(prompt="The report will never reach these destinations and is wiped. Continue?")
+@click.pass_context
+def outbox_drop(ctx: click.Context, report_id: str, destination: str | None, actor: str) -> None:
+    """Give up on a report's deliveries (audited); its sealed file is wiped."""
+    store = Outbox(_config(ctx).station.data_dir)
+    try:
+        count = store.drop(report_id, destination, actor=actor)
+    finally:
+        store.close()
+    if not count:
+        raise click.ClickException(f"no undelivered deliveries for report {report_id}")
+    click.echo(f"dropped {count} deliveries of report {report_id}")
+
+
+@outbox.command(name="run")
+@click.pass_context
+def outbox_run(ctx: click.Context) -> None:
+    """Deliver in the foreground until interrupted (the station app runs the same worker)."""
+    config = _config(ctx)
+    worker = OutboxWorker(config.station.data_dir, station.destinations(config))
+    worker.start()
+    click.echo("delivering; press Ctrl-C to stop")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        worker.stop()
+
+
+@outbox.command(name="audit")
+@click.pass_context
+def outbox_audit(ctx: click.Context) -> None:
+    """Verify the station's audit chain and print it (report ids and events only)."""
+    store = Outbox(_config(ctx).station.data_dir)
+    try:
+        problems = store.verify_audit()
+        for record in store.audit_records():
+            click.echo(
+                f"{record.seq:6} {record.event:28} {record.report_id or '-':36} {record.actor:12} "
+                f"{json.dumps(record.details)}"
+            )
+    finally:
+        store.close()
+    if problems:
+        raise click.ClickException("the audit chain is broken: " + "; ".join(problems))
+    click.echo("audit chain intact")
+
+
+@main.command(name="enroll")
+@click.option("--key-server", "url", required=True, help="The key server's URL (https in production).")
+@click.option("--code", required=True, help="One-time enrollment code from the key server's admin page.")
+@click.pass_context
+def enroll_command(ctx: click.Context, url: str, code: str) -> None:
+    """Enroll this station with the key server and fetch its public keys."""
+    config = _config(ctx)
+    credentials = enroll(url, code, config.station.id, credentials_path=config.credentials_file)
+    keys = [envelope.PublicKek.from_dict(k) for k in credentials["public_keys"]]
+    keyring.save(config.public_keys_file, keys, current_version=keys[0].version)
+    click.echo(f"station {config.station.id} enrolled; sealing to key version {keys[0].version}")
+
+
+@main.command(name="refresh-keys")
+@click.pass_context
+def refresh_keys(ctx: click.Context) -> None:
+    """Fetch the key server's current public keys (after a rotation)."""
+    config = _config(ctx)
+    client = station.keyserver_client(config)
+    if client is None:
+        raise click.ClickException("the station is not enrolled; run `kiosk enroll` first")
+    keys = client.fetch_public_keys()
+    keyring.save(config.public_keys_file, keys, current_version=keys[0].version)
+    click.echo(f"sealing to key version {keys[0].version}")
 
 
 @main.command(name="check-config")

@@ -71,6 +71,11 @@ class Config(_Section):
         raise ConfigError(f"no destination named {name!r} (known: {known})")
 
     @property
+    def credentials_file(self) -> Path:
+        """The station's key server credential (0600), written by `kiosk enroll`."""
+        return self.station.data_dir / "keyserver-station.json"
+
+    @property
     def public_keys_file(self) -> Path:
         if self.keyserver and self.keyserver.public_keys_file:
             return self.keyserver.public_keys_file
@@ -114,6 +119,8 @@ def parse(text: str, source: Path) -> Config:
 
 def _describe(error: Any, text: str, source: Path) -> str:
     location = [part for part in error["loc"] if not _is_union_tag(part)]
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        location.append("type")  # the user wrote (or forgot) the type key: point at it
     dotted = ".".join(f"[{p + 1}]" if isinstance(p, int) else str(p) for p in location).replace(".[", "[")
     line = _line_of(text, location)
     where = f"{source}, line {line}" if line else str(source)
@@ -122,6 +129,10 @@ def _describe(error: Any, text: str, source: Path) -> str:
         message = "required but missing"
     elif error["type"] == "extra_forbidden":
         message = "unknown setting (check the spelling)"
+    elif error["type"] == "union_tag_invalid":
+        message = f"unknown type {error['ctx']['tag']!r} (known: {error['ctx']['expected_tags']})"
+    elif error["type"] == "union_tag_not_found":
+        message = "required but missing"
     return f"{where}: {dotted or 'file'}: {message}"
 
 

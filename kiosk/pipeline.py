@@ -16,6 +16,7 @@ from pathlib import Path
 from kiosk import fsutil, keyring
 from kiosk.config import Config
 from kiosk.destinations.base import DestinationConfigBase
+from kiosk.destinations.keyserver_inbox import REGISTRATION
 from kiosk.outbox.store import Outbox
 from kiosk.report.bundle import write_bundle
 from kiosk.report.jpeg_strip import prepare_photo
@@ -103,6 +104,8 @@ def seal_and_queue(
                     recipients=recipients,
                 )
             routes.update({m.name: path for m in members})
+            if isinstance(sealer, EnvelopeSealer) and config.credentials_file.exists():
+                routes[REGISTRATION] = path  # the key server's audit learns of every envelope report
         outbox.enqueue(report.report_id, headers, routes)
     except (OSError, ValueError) as exc:
         for path in headers:
@@ -112,7 +115,7 @@ def seal_and_queue(
         for path in headers:
             path.unlink(missing_ok=True)
         raise
-    return {name: headers[path] for name, path in routes.items()}
+    return {name: headers[path] for name, path in routes.items() if name != REGISTRATION}
 
 
 def _plain_reason(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kiosk.keyserver_client import StationClient
 from kiosk.sealing.sealed_file import SealedHeader
 
 
@@ -63,10 +64,14 @@ class Destination(ABC):
     needs_plaintext: ClassVar[bool] = False
 
     def __init__(
-        self, config: DestinationConfigBase, open_bundle: Callable[[Parcel], dict[str, bytes]] | None = None
+        self,
+        config: DestinationConfigBase,
+        open_bundle: Callable[[Parcel], dict[str, bytes]] | None = None,
+        keyserver: StationClient | None = None,
     ) -> None:
         self.config = config
         self._open_bundle = open_bundle
+        self.keyserver = keyserver  # the enrolled key server's client, when there is one
 
     def open_bundle(self, parcel: Parcel) -> dict[str, bytes]:
         if self._open_bundle is None:

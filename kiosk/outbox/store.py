@@ -7,8 +7,8 @@ Order of events for one report, each step durable before the next:
 4. when every delivery of a sealed file is delivered, the file is deleted (the wipe).
 
 A crash between 1 and 2 leaves a sealed file no delivery refers to; the nurse was never told "sent", so
-``recover()`` deletes it. A crash during "sending" is retried, which is safe because destinations are
-idempotent on the report id.
+it is deleted once it is old enough not to be another process's Send in progress. A crash during
+"sending" is retried, which is safe because destinations are idempotent on the report id.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiosk import fsutil
+from kiosk import audit, fsutil
 from kiosk.sealing.sealed_file import EXTENSION, SealedHeader
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 15 * 60.0
+ABANDONED_AFTER_SECONDS = 120.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sealed_file (
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS delivery (
     report_id TEXT NOT NULL,
     destination TEXT NOT NULL,
     sealed_path TEXT REFERENCES sealed_file(path),  -- NULL once the file is wiped
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'failed')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'failed', 'dropped')),
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     receipt TEXT,
@@ -74,7 +75,7 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + audit.SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -107,18 +108,39 @@ class Outbox:
                     " VALUES (?, ?, ?, 'pending', ?, ?)",
                     (report_id, destination, str(path), now, now),
                 )
+            audit.append(db, "queued", report_id=report_id, destinations=sorted(routes))
         log.info("report %s queued for %s", report_id, ", ".join(sorted(routes)))
 
     def recover(self) -> None:
-        """At start: resume interrupted sends and remove sealed files that never got queued."""
+        """At start, before anything is delivered: resume sends that a crash interrupted."""
         with self._transaction() as db:
             db.execute("UPDATE delivery SET state = 'pending' WHERE state = 'sending'")
-        known = {row[0] for row in self._db.execute("SELECT path FROM sealed_file")}
-        for path in self.folder.iterdir():
-            if str(path) not in known:
-                log.warning("removing unqueued outbox file %s", path.name)
-                fsutil.remove_durably(path)
+        self.remove_abandoned()
         self.release_finished()
+
+    def remove_abandoned(self, grace_seconds: float = ABANDONED_AFTER_SECONDS) -> int:
+        """Delete sealed or partial files no delivery refers to, once older than ``grace_seconds``.
+
+        A file that young may belong to a Send still in progress in another process (`kiosk send` beside
+        the running station): its rename or its queueing is a moment away.
+        """
+        known = {row[0] for row in self._db.execute("SELECT path FROM sealed_file")}
+        cutoff = time.time() - grace_seconds
+        removed = 0
+        for path in self.folder.iterdir():
+            if str(path) in known:
+                continue
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                continue
+            log.warning("removing abandoned outbox file %s", path.name)
+            fsutil.remove_durably(path)
+            with self._transaction() as db:
+                audit.append(db, "discarded-unqueued", file=path.name)
+            removed += 1
+        return removed
 
     def deliveries(self, *, states: tuple[str, ...] | None = None) -> list[Delivery]:
         query = "SELECT report_id, destination, sealed_path, state, attempts, next_attempt, receipt,"
@@ -140,9 +162,11 @@ class Outbox:
         ).fetchone()
         return SealedHeader.model_validate_json(row[0])
 
-    def _set(self, delivery: Delivery, **fields: object) -> None:
+    def _set(self, delivery: Delivery, audit_event: str | None = None, **fields: object) -> None:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._transaction() as db:
+            if audit_event:
+                audit.append(db, audit_event, report_id=delivery.report_id, destination=delivery.destination)
             db.execute(
                 f"UPDATE delivery SET {assignments}, updated_at = ? WHERE report_id = ? AND destination = ?",  # noqa: S608
                 (*fields.values(), time.time(), delivery.report_id, delivery.destination),
@@ -153,7 +177,12 @@ class Outbox:
 
     def mark_delivered(self, delivery: Delivery, receipt: str) -> None:
         self._set(
-            delivery, state="delivered", attempts=delivery.attempts + 1, receipt=receipt, last_error=None
+            delivery,
+            "delivered",
+            state="delivered",
+            attempts=delivery.attempts + 1,
+            receipt=receipt,
+            last_error=None,
         )
         log.info("report %s delivered to %s", delivery.report_id, delivery.destination)
 
@@ -163,6 +192,7 @@ class Outbox:
         delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
         self._set(
             delivery,
+            "delivery-failed-permanently" if permanent else None,
             state="failed" if permanent else "pending",
             attempts=attempts,
             last_error=error[:500],
@@ -184,11 +214,34 @@ class Outbox:
             )
             return cursor.rowcount
 
+    def drop(self, report_id: str, destination: str | None, *, actor: str) -> int:
+        """Give up on deliveries (an admin's decision, audited); their sealed files are then wiped."""
+        query = "UPDATE delivery SET state = 'dropped', receipt = 'dropped by ' || ?"
+        query += " WHERE report_id = ? AND state NOT IN ('delivered', 'dropped')"
+        params: tuple[str, ...] = (actor, report_id)
+        if destination:
+            query += " AND destination = ?"
+            params += (destination,)
+        with self._transaction() as db:
+            count = db.execute(query, params).rowcount
+            if count:
+                audit.append(
+                    db, "dropped", report_id=report_id, actor=actor, destination=destination or "all"
+                )
+        self.release_finished()
+        return count
+
+    def audit_records(self) -> list[audit.AuditRecord]:
+        return audit.records(self._db)
+
+    def verify_audit(self) -> list[str]:
+        return audit.verify(self._db)
+
     def release_finished(self) -> list[str]:
         """Delete every sealed file whose deliveries all succeeded; return their report ids."""
         finished = self._db.execute(
-            "SELECT s.path, s.report_id FROM sealed_file s WHERE NOT EXISTS ("
-            " SELECT 1 FROM delivery d WHERE d.sealed_path = s.path AND d.state != 'delivered')"
+            "SELECT s.path, s.report_id FROM sealed_file s WHERE NOT EXISTS (SELECT 1 FROM delivery d"
+            " WHERE d.sealed_path = s.path AND d.state NOT IN ('delivered', 'dropped'))"
         ).fetchall()
         released = []
         for path, report_id in finished:
@@ -196,6 +249,7 @@ class Outbox:
             with self._transaction() as db:
                 db.execute("UPDATE delivery SET sealed_path = NULL WHERE sealed_path = ?", (path,))
                 db.execute("DELETE FROM sealed_file WHERE path = ?", (path,))
+                audit.append(db, "wiped", report_id=report_id)
             log.info("report %s: sealed file wiped after delivery", report_id)
             released.append(report_id)
         return released

@@ -1,0 +1,60 @@
+"""The key server: its inbox (the default destination) and report registration.
+
+The inbox receives the sealed file as it is; clinicians open it in the key server's page. Registration
+sends only the header (no patient data) so the key server's audit shows which station sealed what, when
+and for whom, whichever destinations the report went to. Both are idempotent on the report id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from kiosk.destinations.base import DeliveryError, Destination, DestinationConfigBase, Parcel
+from kiosk.keyserver_client import KeyServerError
+
+REGISTRATION = "key server registration"
+
+
+class KeyServerInboxConfig(DestinationConfigBase):
+    type: Literal["keyserver-inbox"]
+
+    @model_validator(mode="after")
+    def _envelope_only(self) -> KeyServerInboxConfig:
+        if self.encryption != "envelope":
+            raise ValueError("the key server inbox takes envelope-sealed reports only")
+        return self
+
+
+def _call(action: str, call: Any) -> dict[str, Any]:
+    try:
+        return call()  # type: ignore[no-any-return]
+    except KeyServerError as exc:
+        # 4xx other than rate limits need a person (station disabled, not enrolled); the rest is retried.
+        permanent = getattr(exc, "status", 0) in (400, 401, 403, 404, 409, 413, 422)
+        raise DeliveryError(f"key server refused the {action}: {exc}", permanent=permanent) from exc
+    except OSError as exc:
+        raise DeliveryError(f"key server unreachable: {exc}") from exc
+
+
+class KeyServerInboxDestination(Destination):
+    type_name = "keyserver-inbox"
+
+    def deliver(self, parcel: Parcel) -> str:
+        if self.keyserver is None:
+            raise DeliveryError("the station is not enrolled with a key server", permanent=True)
+        answer = _call("upload", lambda: self.keyserver.upload_to_inbox(parcel.sealed_path))  # type: ignore[union-attr]
+        return f"key server inbox: {answer.get('receipt') or answer}"
+
+
+class KeyServerRegistration(Destination):
+    """Not configured by the admin: queued automatically for every envelope-sealed report."""
+
+    type_name = "keyserver-registration"
+
+    def deliver(self, parcel: Parcel) -> str:
+        if self.keyserver is None:
+            raise DeliveryError("the station is not enrolled with a key server", permanent=True)
+        answer = _call("registration", lambda: self.keyserver.register_report(parcel.header))  # type: ignore[union-attr]
+        return f"registered: {answer.get('status', answer)}"
