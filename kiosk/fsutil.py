@@ -23,11 +23,19 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_writer(target: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """Yield a file in ``target``'s directory; on success it becomes ``target``, on error it vanishes."""
+def atomic_writer(target: Path, mode: int = 0o600, *, stable_temp: bool = False) -> Iterator[BinaryIO]:
+    """Yield a file in ``target``'s directory; on success it becomes ``target``, on error it vanishes.
+
+    ``stable_temp`` names the temp file after the target, so that after a crash the next attempt
+    overwrites the leftover instead of leaving it behind (for folders we do not clean ourselves).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    temp = Path(temp_name)
+    if stable_temp:
+        temp = target.with_name(f".{target.name}.partial")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    else:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        temp = Path(temp_name)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w+b") as handle:
@@ -41,8 +49,8 @@ def atomic_writer(target: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_copy(source: Path, target: Path, mode: int = 0o600) -> None:
-    with source.open("rb") as src, atomic_writer(target, mode) as dst:
+def atomic_copy(source: Path, target: Path, mode: int = 0o600, *, stable_temp: bool = False) -> None:
+    with source.open("rb") as src, atomic_writer(target, mode, stable_temp=stable_temp) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 

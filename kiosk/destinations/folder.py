@@ -38,7 +38,7 @@ class FolderDestination(Destination):
         if target.exists() and _sha256(target) == digest:
             return f"{target} sha256:{digest} (already there)"
         try:
-            fsutil.atomic_copy(parcel.sealed_path, target, mode=0o640)
+            fsutil.atomic_copy(parcel.sealed_path, target, mode=0o640, stable_temp=True)
         except OSError as exc:
             raise DeliveryError(f"cannot write to {folder}: {exc.strerror}") from exc
         return f"{target} sha256:{digest}"
