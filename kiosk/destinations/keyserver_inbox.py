@@ -45,7 +45,8 @@ class KeyServerInboxDestination(Destination):
         if self.keyserver is None:
             raise DeliveryError("the station is not enrolled with a key server", permanent=True)
         answer = _call("upload", lambda: self.keyserver.upload_to_inbox(parcel.sealed_path))  # type: ignore[union-attr]
-        return f"key server inbox: {answer.get('receipt') or answer}"
+        kept_until = answer.get("expires_at", "?")
+        return f"key server inbox, sha256:{answer.get('sha256', '?')}, kept until {kept_until}"
 
 
 class KeyServerRegistration(Destination):
@@ -57,4 +58,4 @@ class KeyServerRegistration(Destination):
         if self.keyserver is None:
             raise DeliveryError("the station is not enrolled with a key server", permanent=True)
         answer = _call("registration", lambda: self.keyserver.register_report(parcel.header))  # type: ignore[union-attr]
-        return f"registered: {answer.get('status', answer)}"
+        return "registered" if answer.get("registered") else f"key server answered {answer}"
