@@ -9,7 +9,13 @@ packages=(
   libjpeg-turbo-progs     # jpegtran: lossless orientation correction
   fonts-dejavu-core       # a Unicode font for report.pdf
   poppler-utils           # tests and docs: render report.pdf pages
+  postgresql              # key server: production database; tests start a throwaway cluster from it
   chromium                # tests: the recipient page's WebCrypto code in real headless Chromium
+  rclone                  # the rclone destination (cloud storage); tests: rclone serve webdav/sftp
+  systemd                 # tests: `systemd-analyze verify` over the deploy/ units
+  orthanc                 # tests: a real PACS for the DICOMweb destination
+  orthanc-dicomweb        # tests: Orthanc's DICOMweb (STOW/QIDO/WADO-RS) plugin
+  dicom3tools             # tests: dciodvfy checks the DICOM objects against their IODs
 )
 
 missing=()

@@ -27,15 +27,19 @@ class KeyServerInboxConfig(DestinationConfigBase):
         return self
 
 
+def delivery_error(action: str, exc: Exception) -> DeliveryError:
+    """How a key server failure affects a delivery: refusals need a person (station disabled, report
+    revoked, not enrolled); being unreachable, overloaded or rate limited is retried."""
+    status = exc.status if isinstance(exc, KeyServerError) else 0
+    permanent = 400 <= status < 500 and status not in (408, 425, 429)
+    return DeliveryError(f"key server: {action} failed: {exc}", permanent=permanent)
+
+
 def _call(action: str, call: Any) -> dict[str, Any]:
     try:
         return call()  # type: ignore[no-any-return]
-    except KeyServerError as exc:
-        # 4xx other than rate limits need a person (station disabled, not enrolled); the rest is retried.
-        permanent = getattr(exc, "status", 0) in (400, 401, 403, 404, 409, 413, 422)
-        raise DeliveryError(f"key server refused the {action}: {exc}", permanent=permanent) from exc
-    except OSError as exc:
-        raise DeliveryError(f"key server unreachable: {exc}") from exc
+    except (KeyServerError, OSError) as exc:
+        raise delivery_error(action, exc) from exc
 
 
 class KeyServerInboxDestination(Destination):

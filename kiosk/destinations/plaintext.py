@@ -12,20 +12,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiosk.destinations.base import DeliveryError, Parcel
-from kiosk.report.bundle import read_bundle
+from kiosk.destinations.keyserver_inbox import delivery_error
+from kiosk.keyserver_client import KeyServerError
+from kiosk.report.bundle import InvalidBundle, read_bundle
 from kiosk.sealing import passphrase
-from kiosk.sealing.sealed_file import SealedHeader, decrypt_payload, read_sealed
+from kiosk.sealing.rncryptor import InvalidMessage
+from kiosk.sealing.sealed_file import InvalidSealedFile, SealedHeader, decrypt_payload, read_sealed
 
 Unwrap = Callable[[SealedHeader, bytes], bytes]
 BundleOpener = Callable[[Parcel], dict[str, bytes]]
 
 
-class KeyServerUnavailable(DeliveryError):
-    """The key server did not release the key (down, or refused); the delivery waits and retries."""
-
-
 def bundle_opener(*, passphrase_file: Path | None, unwrap: Unwrap | None) -> BundleOpener:
     def open_bundle(parcel: Parcel) -> dict[str, bytes]:
+        try:
+            return _open(parcel)
+        except DeliveryError:
+            raise
+        except passphrase.WeakPassphrase as exc:  # unreadable or world-readable file: a person must fix it
+            raise DeliveryError(str(exc), permanent=True) from exc
+        except (InvalidSealedFile, InvalidMessage, InvalidBundle) as exc:  # the outbox copy is damaged
+            raise DeliveryError(f"the sealed report cannot be opened: {exc}", permanent=True) from exc
+
+    def _open(parcel: Parcel) -> dict[str, bytes]:
         plaintext = io.BytesIO()
         with parcel.sealed_path.open("rb") as source:
             sealed = read_sealed(source)
@@ -42,10 +51,8 @@ def bundle_opener(*, passphrase_file: Path | None, unwrap: Unwrap | None) -> Bun
                 assert sealed.wrapped_key is not None
                 try:
                     data_key = unwrap(sealed.header, sealed.wrapped_key)
-                except DeliveryError:
-                    raise
-                except Exception as exc:  # network errors and refusals alike: wait and retry
-                    raise KeyServerUnavailable(f"the key server did not release the key: {exc}") from exc
+                except (KeyServerError, OSError) as exc:
+                    raise delivery_error("releasing the key for delivery", exc) from exc
                 decrypt_payload(source, sealed, plaintext, data_key=data_key)
         return read_bundle(plaintext.getvalue())
 

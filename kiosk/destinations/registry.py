@@ -7,7 +7,11 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from kiosk.destinations.base import Destination, DestinationConfigBase
+from kiosk.destinations.dicomweb import DicomWebConfig, DicomWebDestination
+from kiosk.destinations.email import EmailConfig, EmailDestination
+from kiosk.destinations.fhir import FhirConfig, FhirDestination
 from kiosk.destinations.folder import FolderConfig, FolderDestination
+from kiosk.destinations.https import HttpsConfig, HttpsDestination
 from kiosk.destinations.keyserver_inbox import (
     REGISTRATION,
     KeyServerInboxConfig,
@@ -15,11 +19,17 @@ from kiosk.destinations.keyserver_inbox import (
     KeyServerRegistration,
 )
 from kiosk.destinations.plaintext import bundle_opener
+from kiosk.destinations.rclone import RcloneConfig, RcloneDestination
 from kiosk.keyserver_client import StationClient
 
 _TYPES: dict[type[DestinationConfigBase], type[Destination]] = {
     FolderConfig: FolderDestination,
     KeyServerInboxConfig: KeyServerInboxDestination,
+    EmailConfig: EmailDestination,
+    HttpsConfig: HttpsDestination,
+    RcloneConfig: RcloneDestination,
+    FhirConfig: FhirDestination,
+    DicomWebConfig: DicomWebDestination,
 }
 
 TYPE_NAMES = frozenset(cls.type_name for cls in _TYPES.values())
