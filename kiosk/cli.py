@@ -394,5 +394,10 @@ def check_config(ctx: click.Context) -> None:
     )
 
 
+from kiosk.scan.cli import scan_command  # noqa: E402  (kept apart: owned by the scan module)
+
+main.add_command(scan_command, name="scan")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

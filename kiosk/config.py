@@ -10,11 +10,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kiosk.destinations.registry import TYPE_NAMES, DestinationConfig
+from kiosk.hardware.camera import CameraConfig
+from kiosk.hardware.gpio import GpioConfig
+from kiosk.scan.payload import ScanRule
 
 DEFAULT_CONFIG_PATHS = (Path("/boot/firmware/kiosk.toml"), Path("/etc/kiosk/kiosk.toml"))
 
@@ -39,10 +42,41 @@ class KeyServerConfig(_Section):
     public_keys_file: Path | None = Field(default=None, description="Written by `kiosk enroll`")
 
 
+class UiConfig(_Section):
+    """`[ui]`: the touchscreen app (kiosk serve)."""
+
+    idle_timeout: float = Field(120.0, ge=3, le=3600, description="seconds without a touch before a wipe")
+    idle_warning: float = Field(20.0, ge=1, le=120, description="countdown shown for the last seconds")
+    admin_pin_hash: str | None = Field(None, description="argon2 hash of the admin PIN (`kiosk hash-pin`)")
+    consent_text_file: Path | None = Field(None, description="the clinic's consent wording (plain text)")
+    consent_text_version: str = Field("built-in-1", min_length=1, description="recorded in every report")
+    language: str = Field("en", pattern=r"^[a-z]{2}(_[A-Z]{2})?$")
+    default_destinations: list[str] = Field(default_factory=list, description="preselected on Send")
+    patient_id_check: Literal["none", "nhs-mod11", "gs1-mod10"] = Field(
+        "none", description="check digit verified on a typed patient number"
+    )
+    wedge_max_gap_ms: float = Field(30.0, gt=0, le=500, description="keyboard-wedge scanner key gap")
+
+
+class StaffMember(_Section):
+    """`[[staff]]`: a local staff identity (badge and/or PIN)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    name: str | None = None
+    role: str | None = None
+    badge: str | None = Field(None, description="badge payload or its identifier (e.g. the GSRN)")
+    pin_hash: str | None = Field(None, description="argon2 hash of the staff PIN (`kiosk hash-pin`)")
+
+
 class Config(_Section):
     station: StationConfig
     keyserver: KeyServerConfig | None = None
     destination: list[DestinationConfig] = Field(default_factory=list)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    gpio: GpioConfig | None = None
+    ui: UiConfig = Field(default_factory=UiConfig)
+    staff: list[StaffMember] = Field(default_factory=list)
+    scan_rule: list[ScanRule] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("destination")
