@@ -398,6 +398,10 @@ from kiosk.scan.cli import scan_command  # noqa: E402  (kept apart: owned by the
 
 main.add_command(scan_command, name="scan")
 
+from kiosk.doctor import doctor_command  # noqa: E402  (owned by kiosk/doctor.py)
+
+main.add_command(doctor_command, name="doctor")
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
