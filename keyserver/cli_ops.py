@@ -1,0 +1,127 @@
+"""Operational `keyserver` commands: audit, inbox, backup/restore, decrypt."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from keyserver import audit, backup, db, inbox
+from keyserver.cli import Context, actor, pass_ctx, write_private
+
+
+def _passphrase(path: str | None, *, confirm: bool) -> str:
+    if path:
+        return Path(path).read_text().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise click.ClickException("give --passphrase-file (stdin is not a terminal)")
+    return click.prompt("Backup passphrase", hide_input=True, confirmation_prompt=confirm)  # type: ignore[no-any-return]
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The audit log."""
+
+
+@audit_group.command("verify")
+@pass_ctx
+def audit_verify(c: Context) -> None:
+    """Check the hash chain; prints the head hash (copy it elsewhere to anchor the chain)."""
+    with db.read(c.engine()) as conn:
+        result = audit.verify(conn)
+    for problem in result.problems:
+        click.echo(f"BROKEN: {problem}", err=True)
+    click.echo(f"{result.records} records, head {result.head_hash}")
+    if not result.ok:
+        raise click.ClickException("the audit chain does not verify")
+    click.echo("audit chain intact")
+
+
+@audit_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Output file (default: standard output).")
+@pass_ctx
+def audit_export(c: Context, fmt: str, out: str | None) -> None:
+    with db.read(c.engine()) as conn:
+        records = list(audit.iter_all(conn))
+    text = audit.to_csv(records) if fmt == "csv" else audit.to_json(records)
+    if out:
+        write_private(Path(out), text)
+        click.echo(f"{len(records)} records written to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.group("inbox")
+def inbox_group() -> None:
+    """The inbox of uploaded sealed reports."""
+
+
+@inbox_group.command("purge")
+@pass_ctx
+def inbox_purge(c: Context) -> None:
+    """Delete inbox files past the retention period (run from a daily timer)."""
+    count = inbox.purge(c.engine(), c.config.effective_inbox_dir, actor=actor())
+    click.echo(f"{count} expired report(s) purged")
+
+
+@click.command("backup")
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False))
+@pass_ctx
+def backup_cmd(c: Context, out: str, passphrase_file: str | None) -> None:
+    """Write an encrypted backup of the database and the KEKs (one file, passphrase-protected)."""
+    passphrase = _passphrase(passphrase_file, confirm=True)
+    try:
+        with db.write(c.engine()) as conn:
+            blob = backup.create(conn, c.master(), passphrase, actor=actor())
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = Path(out)
+    with open(path, "wb") as handle:
+        handle.write(blob)
+    path.chmod(0o600)
+    click.echo(f"backup written to {out} ({len(blob)} bytes)")
+
+
+@click.command("restore")
+@click.argument("backup_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False))
+@pass_ctx
+def restore_cmd(c: Context, backup_file: str, passphrase_file: str | None) -> None:
+    """Restore a backup into an empty database (KEKs re-encrypted under this server's master secret)."""
+    passphrase = _passphrase(passphrase_file, confirm=False)
+    engine = c.engine(migrate=False)
+    db.upgrade(engine)
+    try:
+        with db.write(engine) as conn:
+            records = backup.restore(
+                conn, c.master(), Path(backup_file).read_bytes(), passphrase, actor=actor()
+            )
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"restored; audit chain verified ({records} records)")
+
+
+@click.command("decrypt")
+@click.argument("sealed_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="New directory.")
+@click.option("--url", required=True, help="Key server base URL.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), required=True)
+def decrypt_cmd(sealed_file: str, out_dir: str, url: str, token_file: str) -> None:
+    """Open a sealed report: unwrap over HTTP (audited), decrypt in memory, write the bundle to OUT."""
+    from keyserver.decrypt import DecryptError, decrypt_file
+
+    token = Path(token_file).read_text().strip()
+    try:
+        written = decrypt_file(Path(sealed_file), Path(out_dir), url=url, token=token)
+    except DecryptError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for path in written:
+        click.echo(str(path))
+
+
+def register(main: click.Group) -> None:
+    for command in (audit_group, inbox_group, backup_cmd, restore_cmd, decrypt_cmd):
+        main.add_command(command)
