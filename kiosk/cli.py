@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from kiosk import config as config_module
 from kiosk import keyring, station
 from kiosk.destinations.base import DeliveryError
-from kiosk.keyserver_client import KeyServerError, enroll
+from kiosk.keyserver_client import KeyServerError
 from kiosk.outbox.sender import drain
 from kiosk.outbox.store import Outbox
 from kiosk.outbox.worker import OutboxWorker
@@ -29,7 +29,7 @@ from kiosk.pipeline import PhotoInput, SealError, assemble_report, seal_and_queu
 from kiosk.report.bundle import InvalidBundle, extract_bundle, read_bundle
 from kiosk.report.jpeg_strip import InvalidPhoto
 from kiosk.report.model import PURPOSES, BodySite, Consent, Patient, Staff, Station, utc_now
-from kiosk.sealing import envelope, passphrase, rncryptor
+from kiosk.sealing import passphrase, rncryptor
 from kiosk.sealing.sealed_file import InvalidSealedFile, decrypt_payload, read_sealed
 
 EXIT_QUEUED = 3
@@ -365,10 +365,9 @@ def outbox_audit(ctx: click.Context) -> None:
 def enroll_command(ctx: click.Context, url: str, code: str) -> None:
     """Enroll this station with the key server and fetch its public keys."""
     config = _config(ctx)
-    credentials = enroll(url, code, config.station.id, credentials_path=config.credentials_file)
-    keys = [envelope.PublicKek.from_dict(k) for k in credentials["public_keys"]]
-    keyring.save(config.public_keys_file, keys, current_version=keys[0].version)
-    click.echo(f"station {config.station.id} enrolled; sealing to key version {keys[0].version}")
+    version = station.enroll(config, url, code)
+    click.echo(f"station {config.station.id} enrolled; sealing to key version {version}")
+    click.echo("restart the station app (systemctl restart kiosk) so that it uses the new credential")
 
 
 @main.command(name="refresh-keys")
@@ -401,6 +400,10 @@ main.add_command(scan_command, name="scan")
 from kiosk.doctor import doctor_command  # noqa: E402  (owned by kiosk/doctor.py)
 
 main.add_command(doctor_command, name="doctor")
+
+from kiosk.app.cli import register as register_app_commands  # noqa: E402  (owned by kiosk/app)
+
+register_app_commands(main)  # `kiosk serve`, `kiosk hash-pin`
 
 
 if __name__ == "__main__":  # pragma: no cover

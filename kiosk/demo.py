@@ -16,21 +16,23 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from argon2 import PasswordHasher
+
 from keyserver import demo as keyserver_demo
 from kiosk import config as config_module
-from kiosk import keyring
-from kiosk.keyserver_client import enroll
-from kiosk.sealing import envelope
+from kiosk import station
 
 STATION_PORT = 8480
 STATION_PIN = "2468"
 ADMIN_PIN = "13579"
 DEMO_MRN = "DEMO-0001"
+DEMO_BADGE = "735000000000987654"  # the GSRN on the mock camera's staff badge
 _KEYSERVER = (sys.executable, "-m", "keyserver")
 _KIOSK = (sys.executable, "-m", "kiosk.cli")
 
 
 def _station_config(root: Path, keyserver_url: str) -> str:
+    hasher = PasswordHasher()
     return f"""\
 # Demo station: mock camera, key server inbox as the default destination.
 [station]
@@ -39,6 +41,22 @@ data_dir = "{root / "data"}"
 
 [keyserver]
 url = "{keyserver_url}"
+
+[camera]
+backend = "mock"
+mock_scene = "follow-screens"     # badge at sign-in, wristband at the patient step, wound when capturing
+still_size = [2028, 1520]
+
+[ui]
+admin_pin_hash = "{hasher.hash(ADMIN_PIN)}"
+default_destinations = ["Key server inbox"]
+
+[[staff]]
+id = "RN-DEMO"
+name = "Demo Nurse"
+role = "Registered nurse"
+badge = "{DEMO_BADGE}"
+pin_hash = "{hasher.hash(STATION_PIN)}"
 
 [[destination]]
 name = "Key server inbox"
@@ -69,14 +87,7 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0)
 def _enroll_once(config: config_module.Config, keyserver: dict[str, Any]) -> None:
     if config.credentials_file.exists() and config.public_keys_file.exists():
         return
-    credentials = enroll(
-        keyserver["url"],
-        keyserver["enrollment_code"],
-        config.station.id,
-        credentials_path=config.credentials_file,
-    )
-    keys = [envelope.PublicKek.from_dict(k) for k in credentials["public_keys"]]
-    keyring.save(config.public_keys_file, keys, current_version=keys[0].version)
+    station.enroll(config, keyserver["url"], keyserver["enrollment_code"])
     print(f"station {config.station.id} enrolled with the key server")
 
 
@@ -107,10 +118,18 @@ def main() -> None:
         config = config_module.load(config_path)
         _enroll_once(config, keyserver)
         _send_sample(config_path, station_dir)
+        station_process = subprocess.Popen(
+            [*_KIOSK, "--config", str(config_path), "serve", "--port", str(STATION_PORT)]
+        )
+        children.append(station_process)
+        station_url = f"http://127.0.0.1:{STATION_PORT}"
+        _wait_for(f"{station_url}/", station_process)
 
         print()
         print("Clinical Photo Kiosk demo is running (Ctrl-C to stop)")
         clinician, admin = keyserver["clinician"], keyserver["admin"]
+        print(f"  station (touchscreen) {station_url}/  — staff PIN {STATION_PIN}, admin PIN {ADMIN_PIN}")
+        print("                        the mock camera shows a badge, then a wristband, then a wound")
         print(f"  key server and inbox  {keyserver['url']}/")
         print(f"    clinician           {clinician['username']} / {clinician['password']}")
         print(f"    admin               {admin['username']} / {admin['password']}")

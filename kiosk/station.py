@@ -16,3 +16,18 @@ def keyserver_client(config: Config) -> StationClient | None:
 
 def destinations(config: Config) -> dict[str, Destination]:
     return registry.build_all(config.destination, keyserver_client(config))
+
+
+def enroll(config: Config, url: str, code: str) -> int:
+    """Enroll with the key server (one-time code) and store its public keys; returns the current key version.
+
+    Shared by `kiosk enroll` and the touchscreen's admin screen.
+    """
+    from kiosk import keyring
+    from kiosk.keyserver_client import enroll as enroll_station
+    from kiosk.sealing.envelope import PublicKek
+
+    credentials = enroll_station(url, code, config.station.id, credentials_path=config.credentials_file)
+    keys = [PublicKek.from_dict(k) for k in credentials["public_keys"]]
+    keyring.save(config.public_keys_file, keys, current_version=keys[0].version)
+    return keys[0].version

@@ -53,7 +53,10 @@ class CameraConfig(BaseModel):
     jpeg_quality: int = Field(92, ge=50, le=100)
     autofocus: bool = Field(True, description="run an autofocus cycle before each still when supported")
     lock_file: Path | None = Field(None, description="default: /run/kiosk/camera.lock or the temp dir")
-    mock_scene: str = "wristband-datamatrix"
+    mock_scene: str = Field(
+        "wristband-datamatrix",
+        description='mock: a scene, or "follow-screens" to match the station\'s screen',
+    )
     mock_folder: Path | None = Field(None, description="mock: play back these images instead of scenes")
 
 

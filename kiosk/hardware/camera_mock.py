@@ -31,6 +31,13 @@ MAX_RENDER_PIXELS = (
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+# `mock_scene = "follow-screens"` (demos): the station shows a badge at sign-in, a wristband on the patient
+# screen and a wound on the capture screen, so one can walk through the whole flow with no hardware.
+FOLLOW_SCREENS = "follow-screens"
+FIRST_SCENE = "staff-badge"
+SCREEN_SCENES = {"signin": "staff-badge", "patient": "wristband-datamatrix", "capture": "wound"}
+
+
 class MockCamera(Camera):
     def __init__(
         self,
@@ -58,7 +65,7 @@ class MockCamera(Camera):
     @classmethod
     def from_config(cls, config: CameraConfig) -> MockCamera:
         return cls(
-            scene=config.mock_scene,
+            scene=FIRST_SCENE if config.mock_scene == FOLLOW_SCREENS else config.mock_scene,
             preview_size=config.preview_size,
             still_size=config.still_size or DEFAULT_STILL_SIZE,
             folder=config.mock_folder,
