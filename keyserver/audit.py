@@ -84,8 +84,22 @@ def append(
 
 def append_many(conn: Connection, entries: list[dict[str, Any]], *, head: Any = None) -> list[int]:
     """Append several records (chained in order) with one insert and one head update; returns their seqs."""
+    if not entries:
+        return []
     head = head or lock(conn)
-    seq, prev = head.seq, head.hash
+    rows = chain(entries, head.seq, head.hash)
+    seq, prev = rows[-1]["seq"], rows[-1]["hash"]
+    if conn.dialect.name == "postgresql" and len(rows) == 1:
+        params = {f"v_{c}": rows[0][c] for c in _COLUMNS}
+        conn.execute(_INSERT_AND_MOVE, {**params, "new_seq": seq, "new_hash": prev})
+    else:
+        conn.execute(_INSERT, rows)
+        conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    return [r["seq"] for r in rows]
+
+
+def chain(entries: list[dict[str, Any]], seq: int, prev: str) -> list[dict[str, Any]]:
+    """The records for these entries, chained after the head (seq, prev); the caller holds the chain lock."""
     rows = []
     for entry in entries:
         seq += 1
@@ -101,13 +115,23 @@ def append_many(conn: Connection, entries: list[dict[str, Any]], *, head: Any = 
         }
         row["hash"] = prev = record_hash(row)
         rows.append(row)
-    if conn.dialect.name == "postgresql" and len(rows) == 1:
-        params = {f"v_{c}": rows[0][c] for c in _COLUMNS}
-        conn.execute(_INSERT_AND_MOVE, {**params, "new_seq": seq, "new_hash": prev})
-    else:
-        conn.execute(_INSERT, rows)
-        conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
-    return [r["seq"] for r in rows]
+    return rows
+
+
+# PostgreSQL on psycopg (release.py's hot path): lock the head, then append a batch of records and move
+# the head in ONE statement — the rows as column arrays, so one prepared statement serves any batch size.
+PG_LOCK = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
+PG_APPEND = (
+    "WITH appended AS (INSERT INTO audit_log (seq, at, actor, action, report_id, outcome, details, "
+    "prev_hash, hash) SELECT * FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[])) "
+    "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1"
+)
+
+
+def pg_append_params(rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """PG_APPEND's parameters for rows from chain()."""
+    return (*([r[c] for r in rows] for c in _COLUMNS), rows[-1]["seq"], rows[-1]["hash"])
 
 
 @dataclass

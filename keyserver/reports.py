@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from keyserver import audit, release
-from keyserver.db import read, utcnow, write
+from keyserver.db import DriverStatement, driver_connection, psycopg_engine, read, utcnow, write
 from keyserver.keks import PrivateKeyCache
 from keyserver.models import grants, inbox_files, keks, report_recipients, reports
 from keyserver.users import TOKEN_QUERY, Principal, hash_token, principal_from_row, user_groups_of
@@ -56,6 +56,20 @@ _DECIDE_COLUMNS = (
 _DECIDE = select(*_DECIDE_COLUMNS)
 # The same plus the caller's token (API calls): credentials, key and report in a single round trip.
 _DECIDE_WITH_TOKEN = TOKEN_QUERY.add_columns(*_DECIDE_COLUMNS)
+_DECIDE_PG = DriverStatement(_DECIDE)
+_DECIDE_WITH_TOKEN_PG = DriverStatement(_DECIDE_WITH_TOKEN)
+
+
+def _decision_row(
+    engine: Engine, conn: Connection, statement: Any, on_driver: DriverStatement, params: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The one row of a decision query (PostgreSQL: straight on psycopg, a prepared statement)."""
+    if psycopg_engine(engine):
+        cursor = driver_connection(conn).execute(on_driver.sql(engine), params, prepare=True)
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([c.name for c in cursor.description], row, strict=True))
+    found = conn.execute(statement, params).first()
+    return None if found is None else dict(found._mapping)
 
 
 def parse_header(value: Any) -> SealedHeader:
@@ -214,21 +228,23 @@ def _decide(
     params = {"version": header.kek_version, "report_id": header.report_id}
     with read(engine) as conn:
         if caller[0] is None:
-            row = conn.execute(_DECIDE_WITH_TOKEN, {**params, "token_hash": hash_token(token or "")}).first()
-            caller[0] = principal_from_row(row._mapping) if row is not None else None
+            params["token_hash"] = hash_token(token or "")
+            row = _decision_row(engine, conn, _DECIDE_WITH_TOKEN, _DECIDE_WITH_TOKEN_PG, params)
+            caller[0] = principal_from_row(row) if row is not None else None
             if caller[0] is None:
                 details["bad_token"] = True
                 raise Denied(401, "unauthenticated", "sign in or present a valid token")
             _check_caller(caller[0], delivery)
         else:
-            row = conn.execute(_DECIDE, params).one()
+            row = _decision_row(engine, conn, _DECIDE, _DECIDE_PG, params)
+        assert row is not None  # a select of scalar subqueries only always has one row
         principal = caller[0]
-        registered = row.registered
-        if row.kek_status is None:
+        registered = row["registered"]
+        if row["kek_status"] is None:
             raise Denied(404, "unknown_kek", f"no key version {header.kek_version} on this key server")
-        if row.kek_status == "destroyed" or row.enc is None:
+        if row["kek_status"] == "destroyed" or row["enc"] is None:
             raise Denied(410, "kek_destroyed", "the key for this report was destroyed; it cannot be opened")
-        private = cache.get(header.kek_version, row.enc)  # type: ignore[arg-type]
+        private = cache.get(header.kek_version, row["enc"])
         if delivery:
             if header.station_id != principal.name:
                 raise Denied(403, "not_sealing_station", "a station may only fetch keys of reports it sealed")

@@ -144,8 +144,8 @@ if [ ! -e "$root/etc/default/keyserver" ]; then
 # Workers: about one per core with PostgreSQL (docs/performance.md). Bind: 127.0.0.1 behind Caddy on this
 # host; a private address (and a firewall) when Caddy runs on another host.
 #KEYSERVER_BIND=127.0.0.1:8700
-#KEYSERVER_WORKERS=2
-#KEYSERVER_THREADS=8
+#KEYSERVER_WORKERS=1     # one process batches audit commits best; see docs/keyserver.md
+#KEYSERVER_THREADS=16
 DEFAULTS
 fi
 make_dir "$backups" 0700 keyserver:keyserver

@@ -309,6 +309,38 @@ def test_internal_error_is_generic_json_and_releases_no_key(ks: KeyServer) -> No
     assert "Traceback" not in r.text and "audit_log" not in r.text and "data_key" not in r.text
 
 
+def test_audit_failure_on_a_registered_report_releases_no_key(ks: KeyServer) -> None:
+    """The same on the hot path (PostgreSQL: the batch runs on psycopg in pipeline mode): the report is
+    registered, so the release reaches the audit insert itself, which fails; the whole batch rolls back."""
+    ks.add_user("nurse.lee")
+    _, package = ks.seal("r1", station_id="ward-3", recipients=["nurse.lee"])
+    first = ks.post("/v1/unwrap", "nurse.lee", json=package)  # registers the report
+    assert first.status_code == 200
+    sqlite = ks.engine.dialect.name == "sqlite"
+    refuse, allow = (
+        (
+            "CREATE TRIGGER no_more BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'no'); END",
+            "DROP TRIGGER no_more",
+        )
+        if sqlite
+        else (
+            "ALTER TABLE audit_log ADD CONSTRAINT no_more CHECK (seq < 0) NOT VALID",
+            "ALTER TABLE audit_log DROP CONSTRAINT no_more",
+        )
+    )
+    with db.write(ks.engine) as conn:
+        conn.execute(text(refuse))
+    r = ks.post("/v1/unwrap", "nurse.lee", json=package)
+    assert r.status_code == 500 and "data_key" not in r.text
+    with db.read(ks.engine) as conn:
+        assert [x["outcome"] for x in audit.query(conn, action="key.release")] == ["released"]
+        assert audit.verify(conn).ok  # the chain head did not move either
+    with db.write(ks.engine) as conn:
+        conn.execute(text(allow))
+    r = ks.post("/v1/unwrap", "nurse.lee", json=package)
+    assert r.status_code == 200 and r.json()["audit_seq"] == first.json()["audit_seq"] + 1
+
+
 def test_openapi_lists_every_route(ks: KeyServer) -> None:
     doc = ks.get("/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.")
