@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -20,16 +21,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+sys.path.insert(0, str(ROOT))
+from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (after the path: bench scripts run directly)
+
 SIZES = [(800, 480), (1280, 720)]
 STAFF_PIN, ADMIN_PIN = "2468", "13579"
 
@@ -86,9 +80,6 @@ pin_hash = "{hasher.hash(STAFF_PIN)}"
 @contextmanager
 def demo_station(root: Path, **toml: Any) -> Iterator[tuple[str, Any, Any]]:
     """(base URL, StationRuntime, gpiozero MockFactory) of a running station app."""
-    import sys
-
-    sys.path.insert(0, str(ROOT))
     from gpiozero.pins.mock import MockFactory
 
     from kiosk import config as config_module

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -24,15 +23,15 @@ from typing import Any, ClassVar
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from kiosk.report.bundle import read_bundle
 from kiosk.sealing import envelope, rncryptor
 from kiosk.sealing.sealed_file import EnvelopeSealer, PassphraseSealer, Sealer, read_sealed, write_sealed
 from tests import rncryptor_vectors as vectors
+from tests.browser import chromium
 
 STATIC = Path(__file__).resolve().parents[1] / "web" / "static"
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",  # needed as root; the page only runs our own modules
@@ -151,12 +150,8 @@ def server() -> Iterator[StaticServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-system.sh (Debian package chromium)")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -109,17 +109,6 @@ class ScanService:
     def feed_text(self, text: str, symbology: str | None = None) -> Identity | None:
         return parse_payload(text, symbology=symbology, rules=self._runtime.config.scan_rule)
 
-    def start_worker(self) -> None:
-        """(Re)start the outbox worker with freshly built destinations (e.g. after enrollment)."""
-        if self.worker is not None:
-            self.worker.stop()
-        self.worker = OutboxWorker(
-            self.config.station.data_dir,
-            station_wiring.destinations(self.config),
-            on_status=self._on_outbox_status,
-        )
-        self.worker.start()
-
     def stop(self) -> None:
         self._stop.set()
 

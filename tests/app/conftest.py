@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 from gpiozero.pins.mock import MockFactory
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from kiosk import config as config_module
 from kiosk.app import create_app
@@ -30,17 +30,8 @@ from kiosk.app.runtime import StationRuntime
 from kiosk.report.bundle import read_bundle
 from kiosk.sealing import passphrase
 from kiosk.sealing.sealed_file import decrypt_payload, read_sealed
+from tests.browser import chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 STAFF_ID, STAFF_PIN, STAFF_NAME = "1001", "2468", "Alex Nurse"
 BADGE_GSRN = "735000000000987654"  # the mock camera's staff-badge scene carries (8017) this GSRN
 ADMIN_PIN = "13579"
@@ -181,10 +172,8 @@ def _run(server: Any) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
