@@ -114,6 +114,12 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     want = expected(symbology) if symbology else None
     out: dict[str, Any] = {"size": spec["size"], "difficulty": spec["difficulty"], "symbology": symbology}
+    look = spec["look"]
+    out["condition"] = {
+        "background": look.background,
+        "bend": look.bend,
+        "blur": look.defocus + look.motion / 2,
+    }
 
     result = _scanner.scan(frame)
     texts = [c.text for c in result.codes]
@@ -137,6 +143,29 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
 def pct(ok: int, total: int) -> str:
     return f"{100 * ok / total:5.1f} %" if total else "   -  "
+
+
+def _bucket(value: float, edges: tuple[float, ...]) -> str:
+    lo = max([0.0] + [e for e in edges if e <= value])
+    hi = min([e for e in edges if e > value], default=None)
+    return f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}"
+
+
+def print_conditions(rows: list[dict[str, Any]]) -> None:
+    """Decode rate of ours by background, bend and blur (defocus sigma + motion length / 2, px at 1280)."""
+    coded = [r for r in rows if r["symbology"]]
+    groups: dict[str, dict[str, list[bool]]] = {
+        name: defaultdict(list) for name in ("background", "bend (rad)", "blur (px)")
+    }
+    for r in coded:
+        c, ok = r["condition"], r["ours"][0]
+        groups["background"][c["background"]].append(ok)
+        groups["bend (rad)"][_bucket(c["bend"], (0.01, 0.5, 0.7, 0.85))].append(ok)
+        groups["blur (px)"][_bucket(c["blur"], (0.5, 1.5, 2.5, 3.5))].append(ok)
+    print("\nours by condition (decoded / frames):")
+    for name, by in groups.items():
+        cells = ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(by.items()))
+        print(f"- {name}: {cells}")
 
 
 def report(results: list[dict[str, Any]], decoders: list[str], elapsed: float) -> int:
@@ -192,6 +221,7 @@ def report(results: list[dict[str, Any]], decoders: list[str], elapsed: float) -
             stages[r["ours"][3]] += 1
         print(f"\nours: found on the whole frame {stages['frame']}, on a candidate {stages['candidates']}, "
               f"nothing {stages['none']}")  # fmt: skip
+        print_conditions(rows)
         ratio = statistics.median(r["ours"][2] for r in rows) / statistics.median(r["zxing"][2] for r in rows)
         print(f"median time, ours / raw zxing-cpp: {ratio:.2f}x")
         if size == (1280, 720) and (ratio > 2 or fp["ours"]):

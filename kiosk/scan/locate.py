@@ -57,7 +57,14 @@ def _dominant_angles(gx: np.ndarray, gy: np.ndarray) -> tuple[float, float | Non
 
 
 def find_candidates(gray: np.ndarray, max_candidates: int = 6) -> list[Candidate]:
-    """Code-like regions, best first. `gray` is uint8, any size."""
+    """Code-like regions, best first. `gray` is uint8, any size.
+
+    Two sources. (1) Blobs of strong edge energy, best by energy and size. (2) Blobs where that energy is
+    also coherent over a wider window (one dominant edge direction: linear codes, PDF417): printed text
+    next to a code can have as much edge energy as the code, so in (1) the two merge into one large blob
+    whose dominant direction is the text's, and the code's own bars are never turned upright; text is not
+    coherent, so (2) finds the code on its own. (2)'s blobs come first unless (1) already has the same one.
+    """
     h, w = gray.shape
     scale = min(1.0, WORK_WIDTH / w)
     small = (
@@ -69,18 +76,48 @@ def find_candidates(gray: np.ndarray, max_candidates: int = 6) -> list[Candidate
     window = max(5, sw // 80) | 1
     gx = cv2.Sobel(small, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(small, cv2.CV_32F, 0, 1, ksize=3)
+    gxx, gyy, gxy = gx * gx, gy * gy, gx * gy
     k = (window, window)
-    jxx, jyy, jxy = (
-        cv2.boxFilter(gx * gx, -1, k),
-        cv2.boxFilter(gy * gy, -1, k),
-        cv2.boxFilter(gx * gy, -1, k),
-    )
+    jxx, jyy, jxy = cv2.boxFilter(gxx, -1, k), cv2.boxFilter(gyy, -1, k), cv2.boxFilter(gxy, -1, k)
     energy = jxx + jyy
     # codes are the strongest, densest edges in view: threshold relative to the frame, with an absolute floor
     # so that a blank or blurred frame (nothing strong anywhere) yields no candidates at all
     floor = 900.0
-    level = max(floor, float(np.percentile(energy, 97)) * 0.35)
-    mask = (energy > level).astype(np.uint8)
+    level = max(floor, float(np.percentile(energy[::4, ::4], 97)) * 0.35)
+    strong = energy > level
+    tensors = (gx, gy, jxx, jyy, jxy)
+    by_energy = _blobs(strong.astype(np.uint8), tensors, scale)
+    by_energy.sort(key=lambda cand: cand.score, reverse=True)
+    min_code = (0.05 * w) ** 2  # full-frame px^2: the smallest code we read is ~64 px across at 1280 wide
+    # coherence over a window about twice as wide, at half resolution: the tensors already averaged over
+    # `window`, subsampled and averaged again over half of it (a quarter of the cost of the full size)
+    sub = (slice(0, sh - sh % 2, 2), slice(0, sw - sw % 2, 2))
+    hk = (window // 2 | 1, window // 2 | 1)
+    hxx, hyy, hxy = (cv2.boxFilter(np.ascontiguousarray(t[sub]), -1, hk) for t in (jxx, jyy, jxy))
+    coherent = (hxx - hyy) ** 2 + 4 * hxy * hxy > (COHERENT * (hxx + hyy)) ** 2
+    by_coherence = _blobs(
+        (strong[sub] & coherent).astype(np.uint8), tuple(t[sub] for t in tensors), scale / 2
+    )
+    by_coherence = [c for c in by_coherence if c.coherence >= COHERENT and c.size[0] * c.size[1] >= min_code]
+    by_coherence.sort(key=lambda cand: cand.score, reverse=True)
+    extra = [c for c in by_coherence[:3] if not any(_same_region(c, other) for other in by_energy)]
+    return (extra + by_energy)[:max_candidates]
+
+
+MAX_BLOBS = 12  # largest blobs described per mask
+COHERENT = 0.5  # structure-tensor coherence over the wide window: codes with bars >= ~0.55, text ~0.2-0.4
+
+
+def _same_region(a: Candidate, b: Candidate) -> bool:
+    ratio = max(a.size) / max(max(b.size), 1e-6)
+    dist = math.hypot(a.center[0] - b.center[0], a.center[1] - b.center[1])
+    return 0.7 < ratio < 1.4 and dist < 0.25 * max(b.size)
+
+
+def _blobs(mask: np.ndarray, tensors: tuple[np.ndarray, ...], scale: float) -> list[Candidate]:
+    """Connected regions of `mask` (closed and opened a little) as candidates, unsorted."""
+    gx, gy, jxx, jyy, jxy = tensors
+    sh, sw = mask.shape
     close = max(3, sw // 100) | 1
     mask = cv2.morphologyEx(
         mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close, close))
@@ -88,11 +125,13 @@ def find_candidates(gray: np.ndarray, max_candidates: int = 6) -> list[Candidate
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     min_area = (sw * 0.012) ** 2
+    areas = stats[:, cv2.CC_STAT_AREA]
+    labels_ok = [i for i in range(1, count) if min_area <= areas[i] <= 0.5 * sw * sh]
+    # describing a blob costs ~1 ms; ranking is by energy x sqrt(area), so tiny blobs cannot make the cut
+    labels_ok = sorted(labels_ok, key=lambda i: areas[i], reverse=True)[:MAX_BLOBS]
     found: list[Candidate] = []
-    for label in range(1, count):
-        area = stats[label, cv2.CC_STAT_AREA]
-        if area < min_area or area > 0.5 * sw * sh:
-            continue
+    for label in labels_ok:
+        area = areas[label]
         x, y, bw, bh = stats[label, :4]
         region = labels[y : y + bh, x : x + bw] == label
         sxx = float(jxx[y : y + bh, x : x + bw][region].sum())
@@ -125,8 +164,7 @@ def find_candidates(gray: np.ndarray, max_candidates: int = 6) -> list[Candidate
                 score=mean_energy * math.sqrt(area),
             )
         )
-    found.sort(key=lambda cand: cand.score, reverse=True)
-    return found[:max_candidates]
+    return found
 
 
 def rectify(

@@ -89,3 +89,12 @@ def test_scan_result_reports_stage_and_time() -> None:
     assert Scanner(use_locator=False).scan(frame).codes == []
     blank = np.full((480, 640), 200, np.uint8)
     assert Scanner().scan(blank).stage == "none"
+
+
+@pytest.mark.parametrize("symbology", ["datamatrix", "qr", "aztec"])
+def test_light_on_dark_2d_code_is_read_from_a_cut_out(symbology: str) -> None:
+    # the whole-frame pass skips zxing-cpp's inverted retry; the cut-out pass keeps it
+    frame = 255 - scenes.render_band_scene(symbology, 1280, 720, Look(angle=20, tilt=0.03, noise=2, seed=5))
+    result = Scanner().scan(frame)
+    assert [c.text for c in result.codes] == [expected_text(symbology)]
+    assert result.stage == "candidates"
