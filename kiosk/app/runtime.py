@@ -321,8 +321,12 @@ class StationRuntime:
                 self._test_still(event)
                 continue
             session = self.sessions.current
+            if event.kind is EventKind.CANCEL:
+                if session is not None:  # holding the button or pedal: the same wipe as Cancel on screen
+                    self.sessions.end(session, "cancelled", via="button-hold")
+                continue
             if event.kind is not EventKind.CAPTURE:
-                continue  # hold-to-cancel and the second button are not wired to screens (yet)
+                continue  # the second button has no action on these screens yet
             if session is None or not session.may_capture:
                 continue  # no photo before the patient is confirmed and consent recorded
             try:

@@ -12,6 +12,7 @@ import zlib
 from playwright.sync_api import Page, expect
 
 from tests.app.conftest import (
+    CAPTURE_PIN,
     STAFF_ID,
     STAFF_NAME,
     Station,
@@ -284,3 +285,18 @@ def test_failed_seal_keeps_the_session_and_retry_succeeds(page: Page, station: S
     page.get_by_test_id("send").click()  # now labelled Retry
     expect(page.get_by_test_id("done")).to_be_visible(timeout=15_000)
     assert report_json(station.wait_for_report())["patient"]["mrn"] == "MRN0088888"
+
+
+def test_holding_the_capture_button_cancels_and_wipes(page: Page, station: Station) -> None:
+    sign_in_with_pin(page)
+    type_patient(page)
+    session = station.runtime.sessions.current
+    assert session is not None and session.patient is not None
+    pin = station.factory.pin(CAPTURE_PIN)
+    pin.drive_low()
+    time.sleep(2.0)  # longer than [gpio] hold_time (1.5 s by default)
+    pin.drive_high()
+    expect(page).to_have_url(re.compile(r"/\?ended=cancel$"), timeout=10_000)
+    expect(page.get_by_test_id("notice")).to_contain_text("Cancelled")
+    assert station.runtime.sessions.current is None
+    assert session.wiped == "cancelled" and session.patient is None and not session.photos

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.app.conftest import Station, sign_in_with_pin, start_station, station_toml, type_patient
+from tests.app.conftest import (
+    Station,
+    sign_in_with_pin,
+    start_station,
+    station_toml,
+    type_patient,
+)
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,8 @@
         const r = await fetch("/api/status", { credentials: "same-origin" });
         const j = await r.json();
         if (!j.session) {
-          location.replace("/?ended=" + encodeURIComponent(j.ended === "idle-timeout" ? "idle" : (j.ended || "1")));
+          const notice = { "idle-timeout": "idle", cancelled: "cancel" }[j.ended] || j.ended || "1";
+          location.replace("/?ended=" + encodeURIComponent(notice));
           return;
         }
         if (j.warn) {
