@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
+
 from flask import Blueprint, jsonify, request, session
 from werkzeug.wrappers import Response
 
 from kiosk.app import patient, signin
 from kiosk.app.common import current, is_admin, runtime
 from kiosk.app.i18n import _
+from kiosk.doctor import FAIL, PASS, CheckResult, overall, run_checks
 from kiosk.hardware.preview import MJPEG_MIMETYPE, mjpeg_stream
 from kiosk.scan.wedge import WedgeDetector
 
 bp = Blueprint("api", __name__)
+
+HEALTH_TTL_SECONDS = 30.0  # the checks probe the network; monitoring polls often
+_health_cache: weakref.WeakKeyDictionary[object, tuple[float, list[CheckResult]]] = (
+    weakref.WeakKeyDictionary()
+)
+_health_lock = threading.Lock()
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """`kiosk doctor` for monitoring: 200 unless a check fails (503). No patient data, no session needed."""
+    rt = runtime()
+    with _health_lock:
+        cached = _health_cache.get(rt)
+        if cached is None or time.monotonic() - cached[0] > HEALTH_TTL_SECONDS:
+            # No hardware probes: this process owns the camera and the pins; report its own view instead.
+            cached = (time.monotonic(), run_checks(rt.config, hardware=False))
+            _health_cache[rt] = cached
+    camera = CheckResult(
+        "camera (station app)",
+        PASS if rt.camera is not None else FAIL,
+        "frames arriving" if rt.camera is not None else (rt.camera_error or "no camera"),
+        "" if rt.camera is not None else "check the camera cable, then `systemctl restart kiosk`",
+    )
+    results = [camera, *cached[1]]
+    status = overall(results)
+    body = {"status": status, "checks": [r.as_dict() for r in results]}
+    return jsonify(body), 503 if status == FAIL else 200
+
+
 PREVIEW_FPS = 10.0
 
 

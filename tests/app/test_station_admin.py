@@ -218,3 +218,15 @@ def test_not_enrolled_then_enroll_from_admin_and_send_to_key_server_inbox(
         found = [r for r in listing["reports"] if r.get("report_id") == report_id]
         time.sleep(0.2)
     assert found, f"report {report_id} did not reach the key server inbox"
+
+
+def test_healthz_serves_the_doctor_checks_for_monitoring(station: Station) -> None:
+    answer = requests.get(f"{station.url}/healthz", timeout=60)
+    body = answer.json()
+    checks = {c["name"]: c for c in body["checks"]}
+    assert checks["camera (station app)"]["status"] == "pass"
+    assert checks["camera"]["status"] == "skip", "the app owns the camera: /healthz must not open it again"
+    assert {"swap", "data dir", "free disk", "outbox", "config"} <= set(checks)
+    assert body["status"] in ("pass", "warn", "fail")
+    assert answer.status_code == (503 if body["status"] == "fail" else 200)
+    assert "MRN" not in answer.text
