@@ -160,7 +160,7 @@ def walk(page: Any, runtime: Any, shot: Callable[[str], None]) -> None:
     page.get_by_test_id("site-save").click()
     for n in (1, 2, 3):
         page.get_by_test_id("shoot").click()
-        expect(page.locator('[data-testid="thumb"][data-state="ready"]')).to_have_count(n, timeout=20_000)
+        expect(page.locator('[data-testid="thumb"][data-state="ready"]')).to_have_count(n, timeout=45_000)
     shot("capture")
     page.get_by_test_id("thumb").first.click()
     shot("photo")

@@ -236,7 +236,7 @@ def verbal_consent(page: Page, answers: str = "yyynn") -> None:
 def take_photos(page: Page, count: int) -> None:
     for n in range(1, count + 1):
         page.get_by_test_id("shoot").click()
-        expect(page.locator('[data-testid="thumb"][data-state="ready"]')).to_have_count(n, timeout=15_000)
+        expect(page.locator('[data-testid="thumb"][data-state="ready"]')).to_have_count(n, timeout=45_000)
 
 
 def choose_site(page: Page, region: str = "front-lower-leg-b", side: str | None = None) -> None:

@@ -154,7 +154,7 @@ def test_admin_pin_settings_and_destinations(page: Page, station: Station) -> No
 def test_outbox_list_and_retry(page: Page, station: Station, browser: Browser) -> None:
     to_review_with(page, "Unmounted share")
     page.get_by_test_id("send").click()
-    expect(page.get_by_test_id("done")).to_be_visible(timeout=15_000)
+    expect(page.get_by_test_id("done")).to_be_visible(timeout=45_000)
     report_id = station.runtime.events.recent(10)[-2].report_id or ""
     admin_sign_in(page)
     page.get_by_test_id("tab-outbox").click()
@@ -203,7 +203,7 @@ def test_not_enrolled_then_enroll_from_admin_and_send_to_key_server_inbox(
     admin.context.close()
 
     page.get_by_test_id("send").click()
-    expect(page.get_by_test_id("done")).to_be_visible(timeout=15_000)
+    expect(page.get_by_test_id("done")).to_be_visible(timeout=45_000)
     report_id = next(
         r.report_id for r in reversed(station.runtime.events.recent(10)) if r.event == "report-sent"
     )

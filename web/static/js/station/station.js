@@ -89,6 +89,11 @@
         const r = await fetch("/api/status", { credentials: "same-origin" });
         const j = await r.json();
         if (!j.session) {
+          if (j.ended === "sent") {
+            // Send finished while this page waited for its answer: show the confirmation, not sign-in.
+            location.replace("/done");
+            return;
+          }
           const notice = { "idle-timeout": "idle", cancelled: "cancel" }[j.ended] || j.ended || "1";
           location.replace("/?ended=" + encodeURIComponent(notice));
           return;
