@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -23,7 +22,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kiosk.destinations.base import DeliveryError, Destination, DestinationConfigBase, Parcel
-from kiosk.destinations.transport import LOCAL_HOSTS, is_certificate_error, read_secret_file, tls_context
+from kiosk.destinations.transport import LOCAL_HOSTS, network_error, read_secret_file, tls_context
 from kiosk.sealing.sealed_file import EXTENSION, MEDIA_TYPE, SealedHeader
 
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
@@ -175,20 +174,9 @@ class EmailDestination(Destination):
             raise _smtp_failure(exc.smtp_code, exc.smtp_error, where, "unexpected reply") from exc
         except smtplib.SMTPServerDisconnected as exc:
             raise DeliveryError(f"{where}: the server closed the connection") from exc
-        except ssl.SSLError as exc:
-            if is_certificate_error(exc):
-                raise DeliveryError(
-                    f"{where}: the server's TLS certificate is not trusted ({exc.verify_message}); "  # type: ignore[attr-defined]
-                    "check host, or set ca_file for a private CA",
-                    permanent=True,
-                ) from exc
-            raise DeliveryError(f"{where}: TLS failed ({exc.reason or type(exc).__name__})") from exc
-        except TimeoutError as exc:
-            raise DeliveryError(f"{where}: no answer within {config.timeout:g} s") from exc
-        except socket.gaierror as exc:
-            raise DeliveryError(f"{where}: host name not found (is the network up?)") from exc
-        except OSError as exc:
-            raise DeliveryError(f"{where}: {exc.strerror or type(exc).__name__}") from exc
+        except OSError as exc:  # below SMTP: TLS, timeouts, DNS, refused connections
+            hint = "check host, or set ca_file for a private CA"
+            raise network_error(where, exc, timeout=config.timeout, hint=hint) from exc
         if refused:
             # The others have it now; a retry would send them a second copy, so this needs a person.
             worst = max(code for code, _ in refused.values())

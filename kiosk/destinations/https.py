@@ -14,8 +14,6 @@ import http.client
 import io
 import json
 import re
-import socket
-import ssl
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from kiosk.destinations.base import DeliveryError, Destination, DestinationConfigBase, Parcel
-from kiosk.destinations.transport import is_certificate_error, read_secret_file, tls_context
+from kiosk.destinations.transport import network_error, read_secret_file, tls_context
 from kiosk.sealing.sealed_file import EXTENSION, MEDIA_TYPE
 
 BUNDLE_MEDIA_TYPE = "application/zip"
@@ -205,20 +203,9 @@ class HttpsDestination(Destination):
             response = connection.getresponse()
             answer = response.read(_MAX_ANSWER_BYTES)
             return response.status, response.reason, response.headers, answer
-        except ssl.SSLError as exc:
-            if is_certificate_error(exc):
-                raise DeliveryError(
-                    f"{where}: the server's TLS certificate is not trusted ({exc.verify_message}); "
-                    "check the URL, or set ca_file for a private CA",
-                    permanent=True,
-                ) from exc
-            raise DeliveryError(f"{where}: TLS failed ({exc.reason or exc})") from exc
-        except TimeoutError as exc:
-            raise DeliveryError(f"{where}: no answer within {self.config.timeout:g} s") from exc
-        except socket.gaierror as exc:
-            raise DeliveryError(f"{where}: host name not found (is the network up?)") from exc
-        except OSError as exc:
-            raise DeliveryError(f"{where}: {exc.strerror or type(exc).__name__}") from exc
+        except OSError as exc:  # below HTTP: TLS, timeouts, DNS, refused connections
+            hint = "check the URL, or set ca_file for a private CA"
+            raise network_error(where, exc, timeout=self.config.timeout, hint=hint) from exc
         except http.client.HTTPException as exc:
             raise DeliveryError(f"{where}: the connection broke ({type(exc).__name__})") from exc
         finally:

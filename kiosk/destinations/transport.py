@@ -7,6 +7,7 @@ raises a permanent DeliveryError that names the file but never its contents.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import stat
 from pathlib import Path
@@ -47,6 +48,19 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
-def is_certificate_error(exc: BaseException) -> bool:
-    """An untrusted or mismatched server certificate: someone must fix ca_file or the server."""
-    return isinstance(exc, ssl.SSLCertVerificationError)
+def network_error(where: str, exc: OSError, *, timeout: float, hint: str) -> DeliveryError:
+    """The DeliveryError for a failure below the protocol. An untrusted or mismatched certificate needs a
+    person (ca_file or the server's certificate: ``hint`` says which setting); timeouts, unknown hosts and
+    refused or broken connections are retried."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return DeliveryError(
+            f"{where}: the server's TLS certificate is not trusted ({exc.verify_message}); {hint}",
+            permanent=True,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return DeliveryError(f"{where}: TLS failed ({exc.reason or type(exc).__name__})")
+    if isinstance(exc, TimeoutError):
+        return DeliveryError(f"{where}: no answer within {timeout:g} s")
+    if isinstance(exc, socket.gaierror):
+        return DeliveryError(f"{where}: host name not found (is the network up?)")
+    return DeliveryError(f"{where}: {exc.strerror or type(exc).__name__}")
