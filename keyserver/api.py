@@ -61,15 +61,18 @@ def enroll() -> tuple[Response, int]:
     code, station_id = (body.get("code"), body.get("station_id")) if isinstance(body, dict) else (None, None)
     if not isinstance(code, str) or not isinstance(station_id, str):
         raise Denied(400, "malformed_request", "expected {code, station_id}")
-    try:
-        with db.write(st.engine) as conn:
-            token = stations.enroll(conn, code, station_id, ip=client_ip())
-            keys = keks.public_keys(conn, st.config.public_base_url)
-    except stations.EnrollmentError as exc:
-        denied = Denied(exc.status, exc.reason, str(exc))
-        safe_id = station_id if stations.STATION_ID_RE.match(station_id) else None
-        _audit_denial("station.enroll", denied, station_id=safe_id)
-        raise denied from exc
+    actor = g.principal.actor if g.principal else "anonymous"
+    with db.write(st.engine) as conn:
+        # A refusal comes back as a value: its failure count and audit record commit with this transaction.
+        outcome = stations.enroll_throttled(conn, st.config, code, station_id, ip=client_ip(), actor=actor)
+        keys = keks.public_keys(conn, st.config.public_base_url) if isinstance(outcome, str) else []
+    if isinstance(outcome, stations.EnrollmentThrottled):
+        response = jsonify(error=outcome.reason, message=str(outcome))
+        response.headers["Retry-After"] = str(outcome.retry_after)
+        return response, 429
+    if isinstance(outcome, stations.EnrollmentError):
+        raise Denied(outcome.status, outcome.reason, str(outcome))
+    token = outcome
     return jsonify(
         station_id=station_id,
         token=token,
@@ -200,16 +203,27 @@ def inbox_list() -> Response:
 @require(roles=("clinician", "admin"))
 def inbox_file(report_id: str) -> Response:
     st = state()
-    with db.read(st.engine) as conn:
-        allowed = reports.may_open(conn, g.principal, report_id)
-        path = inbox.file_for(conn, st.config.effective_inbox_dir, report_id) if allowed else None
+    handle = None
+    try:
+        # No audit record, no data: the download is recorded in this transaction, which commits before
+        # the first byte is sent; if the record cannot be written the request fails and nothing is served.
+        with db.write(st.engine) as conn:
+            allowed = reports.may_open(conn, g.principal, report_id)
+            if allowed:
+                handle = inbox.open_for_download(
+                    conn, st.config.effective_inbox_dir, report_id, actor=g.principal.actor, ip=client_ip()
+                )
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        raise
     if not allowed:
         denied = Denied(403, "not_recipient", "you are not a recipient of this report")
         _audit_denial("inbox.download", denied, report_id=reports._safe_id(report_id))
         raise denied
-    if path is None or not path.is_file():
+    if handle is None:
         raise Denied(404, "not_in_inbox", "this report is not (or no longer) in the inbox")
-    return send_file(path, mimetype=MEDIA_TYPE, as_attachment=True, download_name=f"{report_id}.cpseal")
+    return send_file(handle, mimetype=MEDIA_TYPE, as_attachment=True, download_name=f"{report_id}.cpseal")
 
 
 @api.get("/audit")

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from keyserver import db, keks, stations, users
+from keyserver import db, keks, sessions, stations, users
 from keyserver.config import Config, ConfigError, load_config
 from keyserver.masterkey import MasterKey, MasterKeyError, load_master_key
 
@@ -209,10 +209,13 @@ def user_add(
 @user.command("list")
 @pass_ctx
 def user_list(c: Context) -> None:
+    """Users with role, status (active, disabled, locked out), TOTP and e-mail."""
     with db.read(c.engine()) as conn:
+        locked = sessions.locked_usernames(conn, c.config)
         for u in users.list_users(conn):
-            state = "disabled" if u["disabled"] else "active"
-            click.echo(f"{u['username']:<24} {u['role']:<10} {state:<8} {u['email'] or ''}")
+            state = "disabled" if u["disabled"] else "locked" if u["username"] in locked else "active"
+            totp = "totp" if u["totp"] else "-"
+            click.echo(f"{u['username']:<24} {u['role']:<10} {state:<8} {totp:<4} {u['email'] or ''}")
 
 
 @user.command("disable")
@@ -227,17 +230,49 @@ def user_disable(c: Context, username: str) -> None:
     click.echo(f"user {username} disabled (tokens revoked, sessions ended)")
 
 
-@user.command("totp")
+@user.command("enable")
 @click.argument("username")
 @pass_ctx
-def user_totp(c: Context, username: str) -> None:
+def user_enable(c: Context, username: str) -> None:
+    """Re-enable a disabled user (sign-in only: create new API tokens if needed)."""
+    try:
+        with db.write(c.engine()) as conn:
+            users.set_disabled(conn, username, False, actor=actor())
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {username.lower()} enabled (old API tokens stay revoked)")
+
+
+@user.command("unlock")
+@click.argument("username")
+@click.option("--address", help="Also clear the lockout of this client address.")
+@pass_ctx
+def user_unlock(c: Context, username: str, address: str | None) -> None:
+    """Clear a user's login lockout after too many failed attempts."""
+    try:
+        with db.write(c.engine()) as conn:
+            cleared = sessions.unlock(conn, username, actor=actor(), address=address)
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    name = username.lower()
+    click.echo(f"login lockout of {name} cleared" if cleared else f"{name} was not locked out")
+
+
+@user.command("totp")
+@click.argument("username")
+@click.option("--remove", is_flag=True, help="Turn TOTP off instead (e.g. a lost phone).")
+@pass_ctx
+def user_totp(c: Context, username: str, remove: bool) -> None:
     """Enable (or reset) TOTP for a user; prints the provisioning URI once."""
     try:
         with db.write(c.engine()) as conn:
-            uri = users.set_totp(conn, c.master(), username, actor=actor())
+            if remove:
+                users.clear_totp(conn, username, actor=actor())
+            else:
+                uri = users.set_totp(conn, c.master(), username, actor=actor())
     except users.UserError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(uri)
+    click.echo(f"TOTP turned off for {username.lower()}" if remove else uri)
 
 
 @main.group()

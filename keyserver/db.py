@@ -146,14 +146,27 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
+# pg_advisory_xact_lock key that serializes migrations ("ksmigrat" in ASCII): any 64-bit constant no other
+# code in the database uses.
+MIGRATION_LOCK = 0x6B736D6967726174
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+    """Bring the schema to the newest migration (idempotent, and safe when several instances start at once).
+
+    The migrations run in one transaction that first takes a database-wide lock: PostgreSQL's transaction
+    advisory lock, SQLite's write lock (BEGIN IMMEDIATE through write()). A second instance waits there;
+    once it has the lock, Alembic reads the version the first one committed and has nothing left to do.
+    The lock ends with the transaction, also when the process dies.
+    """
     if is_current(engine):
         return
     from alembic import command
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    with write(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

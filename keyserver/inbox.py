@@ -3,7 +3,8 @@
 Only sealed bytes are stored (validated with ``read_sealed`` first); the key server never decrypts them.
 Files live in ``inbox_dir`` named by report id; metadata and expiry are in the database. Expired files are
 removed by ``keyserver inbox purge`` (run it from a timer) and also, at most once an hour per process, when
-a station uploads (so a demo without timers still honours retention).
+a station uploads (so a demo without timers still honours retention). Every download is audited before
+its first byte is sent (open_for_download).
 """
 
 from __future__ import annotations
@@ -168,3 +169,39 @@ def file_for(conn: Connection, inbox_dir: Path, report_id: str) -> Path | None:
         )
     ).first()
     return inbox_dir / row.stored_name if row else None
+
+
+def open_for_download(
+    conn: Connection, inbox_dir: Path, report_id: str, *, actor: str, ip: str | None
+) -> BinaryIO | None:
+    """Open the inbox copy of a report and append its ``inbox.download`` record, in the caller's write
+    transaction; None when the report is not (or no longer) in the inbox (nothing is recorded then).
+
+    The file is opened before the record is written, so a record always means bytes were there to send;
+    the caller must commit before sending them (no audit record, no data) and close the handle if the
+    commit fails.
+    """
+    row = conn.execute(
+        select(inbox_files.c.stored_name, inbox_files.c.sha256, inbox_files.c.size).where(
+            inbox_files.c.report_id == report_id, inbox_files.c.expires_at > utcnow()
+        )
+    ).first()
+    if row is None:
+        return None
+    try:
+        handle = open(inbox_dir / row.stored_name, "rb")  # noqa: SIM115 (the response closes it)
+    except FileNotFoundError:
+        return None
+    try:
+        audit.append(
+            conn,
+            actor=actor,
+            action="inbox.download",
+            outcome="ok",
+            report_id=report_id,
+            details={"sha256": row.sha256, "size": row.size, "ip": ip},
+        )
+    except BaseException:
+        handle.close()
+        raise
+    return handle

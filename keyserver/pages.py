@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
@@ -169,37 +170,46 @@ def open_page() -> Response:
     return _render("open.html")
 
 
+def _admin_context(conn: Any) -> dict[str, Any]:
+    locked = sessions.locked_usernames(conn, state().config)
+    return {
+        "stations": stations.list_stations(conn),
+        "codes": stations.list_codes(conn),
+        "users": [{**u, "locked": u["username"] in locked} for u in users.list_users(conn)],
+        "grants": users.list_grants(conn),
+    }
+
+
 @pages.get("/admin")
 def admin_page() -> Response:
     if (redirect_to := _need("admin")) is not None:
         return redirect_to
     with db.read(state().engine) as conn:
-        context = {
-            "stations": stations.list_stations(conn),
-            "codes": stations.list_codes(conn),
-            "users": users.list_users(conn),
-        }
-    return _render("admin.html", new_code=None, message=None, **context)
+        context = _admin_context(conn)
+    return _render("admin.html", message=None, **context)
 
 
-def _admin_action(action: Any) -> Response:
-    """Run one admin form action in a write transaction, then show the admin page with its message."""
+AdminAction = Callable[[Any, str], tuple[dict[str, Any] | None, str]]
+
+
+def _admin_action(action: AdminAction) -> Response:
+    """Run one admin form action in a write transaction, then show the admin page with its message.
+
+    The action returns (extra context shown once, e.g. a new enrollment code, or None; message).
+    """
     if (redirect_to := _need("admin")) is not None:
         return redirect_to
     st = state()
-    new_code, message, status = None, None, 200
+    extra: dict[str, Any] | None = None
+    message, status = None, 200
     try:
         with db.write(st.engine) as conn:
-            new_code, message = action(conn, g.principal.actor)
+            extra, message = action(conn, g.principal.actor)
     except (users.UserError, stations.EnrollmentError, Denied, ValueError) as exc:
         message, status = str(exc), 400
     with db.read(st.engine) as conn:
-        context = {
-            "stations": stations.list_stations(conn),
-            "codes": stations.list_codes(conn),
-            "users": users.list_users(conn),
-        }
-    return _render("admin.html", status=status, new_code=new_code, message=message, **context)
+        context = _admin_context(conn)
+    return _render("admin.html", status=status, message=message, **(extra or {}), **context)
 
 
 @pages.post("/admin/enrollment-codes")
@@ -207,9 +217,10 @@ def admin_code() -> Response:
     station_id = request.form.get("station_id", "").strip() or None
     minutes = state().config.enrollment_code_minutes
 
-    def action(conn: Any, actor: str) -> tuple[Any, str]:
+    def action(conn: Any, actor: str) -> tuple[dict[str, Any], str]:
         code, expires = stations.create_code(conn, actor=actor, minutes=minutes, station_id=station_id)
-        return {"code": code, "expires_at": expires.isoformat(), "station_id": station_id}, "code created"
+        new_code = {"code": code, "expires_at": expires.isoformat(), "station_id": station_id}
+        return {"new_code": new_code}, "code created"
 
     return _admin_action(action)
 
@@ -246,8 +257,65 @@ def admin_user_add() -> Response:
 @pages.post("/admin/users/<username>/disable")
 def admin_user_disable(username: str) -> Response:
     def action(conn: Any, actor: str) -> tuple[None, str]:
+        if actor == f"user:{username}":
+            # Ending one's own session from the page leaves, with no other admin, only the CLI to get back.
+            raise users.UserError("you cannot disable your own account")
         users.set_disabled(conn, username, True, actor=actor)
         return None, f"user {username} disabled"
+
+    return _admin_action(action)
+
+
+@pages.post("/admin/users/<username>/enable")
+def admin_user_enable(username: str) -> Response:
+    def action(conn: Any, actor: str) -> tuple[None, str]:
+        users.set_disabled(conn, username, False, actor=actor)
+        return None, f"user {username} enabled (create new API tokens if needed)"
+
+    return _admin_action(action)
+
+
+@pages.post("/admin/users/<username>/unlock")
+def admin_user_unlock(username: str) -> Response:
+    def action(conn: Any, actor: str) -> tuple[None, str]:
+        sessions.unlock(conn, username, actor=actor)
+        return None, f"login lockout of {username} cleared"
+
+    return _admin_action(action)
+
+
+@pages.post("/admin/users/<username>/totp")
+def admin_user_totp(username: str) -> Response:
+    remove = request.form.get("action") == "remove"
+
+    def action(conn: Any, actor: str) -> tuple[dict[str, Any] | None, str]:
+        if remove:
+            users.clear_totp(conn, username, actor=actor)
+            return None, f"TOTP turned off for {username}"
+        uri = users.set_totp(conn, state().master, username, actor=actor)
+        return {"new_totp": {"username": username, "uri": uri}}, f"new TOTP secret for {username}"
+
+    return _admin_action(action)
+
+
+@pages.post("/admin/grants")
+def admin_grant_add() -> Response:
+    form = request.form
+
+    def action(conn: Any, actor: str) -> tuple[None, str]:
+        subject_type, subject = form.get("subject_type", ""), form.get("subject", "")
+        recipient = form.get("recipient", "")
+        users.add_grant(conn, subject_type=subject_type, subject=subject, recipient=recipient, actor=actor)
+        return None, f"{subject_type} {subject.strip()} may open reports for {recipient.strip().lower()}"
+
+    return _admin_action(action)
+
+
+@pages.post("/admin/grants/<int:grant_id>/remove")
+def admin_grant_remove(grant_id: int) -> Response:
+    def action(conn: Any, actor: str) -> tuple[None, str]:
+        removed = users.remove_grant(conn, grant_id, actor=actor)
+        return None, f"grant removed: {removed['subject_type']} {removed['subject']} → {removed['recipient']}"
 
     return _admin_action(action)
 

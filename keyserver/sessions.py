@@ -3,7 +3,8 @@
 The cookie holds a random session id; the database holds only its SHA-256, so a database reader cannot
 hijack sessions, and logout or disabling a user ends them at once. Failed logins are counted per username
 and per client address in a fixed window; past the limit, logins are refused until the window ends (the
-same answer whether or not the user exists, so the lockout does not reveal accounts).
+same answer whether or not the user exists, so the lockout does not reveal accounts). The counters are rows
+in the database (throttled_until / count_failures), shared by every instance; station enrollment reuses them.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, case, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keyserver import audit
 from keyserver.config import Config
 from keyserver.db import aware, utcnow
 from keyserver.masterkey import MasterKey
 from keyserver.models import login_failures, users, web_sessions
-from keyserver.users import Principal, check_password, check_totp, get_user, hash_token
+from keyserver.users import Principal, UserError, check_password, check_totp, get_user, hash_token
 
 LAST_SEEN_GRANULARITY = dt.timedelta(seconds=60)  # avoid a write per request
 
@@ -39,37 +42,91 @@ class LoginRefused(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
-def _locked(conn: Connection, keys: list[str], config: Config) -> bool:
-    window = dt.timedelta(minutes=config.login_lockout_minutes)
-    now = utcnow()
-    for row in conn.execute(select(login_failures).where(login_failures.c.key.in_(keys))).mappings():
-        limit = config.login_max_failures if row["key"].startswith("u:") else config.login_max_failures * 4
-        if row["count"] >= limit and now - aware(row["window_start"]) < window:  # type: ignore[operator]
-            return True
-    return False
+def throttled_until(conn: Connection, limits: dict[str, int], window: dt.timedelta) -> dt.datetime | None:
+    """When the last of these failure counters that is over its limit frees up; None if none is over.
+
+    The counters live in the database (login_failures), not in process memory, so every server process
+    and host sharing the database sees the same counts.
+    """
+    now, until = utcnow(), None
+    for row in conn.execute(select(login_failures).where(login_failures.c.key.in_(list(limits)))).mappings():
+        end = aware(row["window_start"]) + window  # type: ignore[operator]
+        if row["count"] >= limits[row["key"]] and now < end:
+            until = end if until is None else max(until, end)
+    return until
 
 
-def _count_failure(conn: Connection, keys: list[str], config: Config) -> None:
+def count_failures(conn: Connection, keys: list[str], window: dt.timedelta) -> None:
+    """Count one failure against each key in a fixed window (a counter past its window starts again).
+
+    One upsert per key: concurrent failures on the same key (several instances, a shared global key)
+    neither lose counts nor collide on the primary key.
+    """
     now = utcnow()
-    window = dt.timedelta(minutes=config.login_lockout_minutes)
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     for key in keys:
-        row = conn.execute(select(login_failures).where(login_failures.c.key == key)).mappings().first()
-        if row is None:
-            conn.execute(login_failures.insert().values(key=key, count=1, window_start=now))
-        elif now - aware(row["window_start"]) >= window:  # type: ignore[operator]
-            conn.execute(
-                update(login_failures).where(login_failures.c.key == key).values(count=1, window_start=now)
+        stmt = insert(login_failures).values(key=key, count=1, window_start=now)
+        expired = login_failures.c.window_start <= now - window
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[login_failures.c.key],
+                set_={
+                    "count": case((expired, 1), else_=login_failures.c.count + 1),
+                    "window_start": case(
+                        (expired, stmt.excluded.window_start), else_=login_failures.c.window_start
+                    ),
+                },
             )
-        else:
-            conn.execute(
-                update(login_failures)
-                .where(login_failures.c.key == key)
-                .values(count=login_failures.c.count + 1)
-            )
+        )
+
+
+def _login_window(config: Config) -> dt.timedelta:
+    return dt.timedelta(minutes=config.login_lockout_minutes)
+
+
+def _login_limits(keys: list[str], config: Config) -> dict[str, int]:
+    # Per username the configured limit; per client address 4x (several people may share a ward's NAT).
+    return {k: config.login_max_failures * (1 if k.startswith("u:") else 4) for k in keys}
+
+
+def _locked(conn: Connection, keys: list[str], config: Config) -> bool:
+    return throttled_until(conn, _login_limits(keys, config), _login_window(config)) is not None
 
 
 def _failure_keys(username: str, ip: str | None) -> list[str]:
     return [f"u:{username.strip().lower()[:200]}", f"ip:{ip or 'unknown'}"]
+
+
+def locked_usernames(conn: Connection, config: Config) -> set[str]:
+    """Usernames whose login is locked out right now (for the admin page and `keyserver user list`)."""
+    now, window = utcnow(), _login_window(config)
+    rows = conn.execute(
+        select(login_failures).where(
+            login_failures.c.key.startswith("u:"),
+            login_failures.c.count >= config.login_max_failures,
+            login_failures.c.window_start > now - window,
+        )
+    )
+    return {r.key[2:] for r in rows}
+
+
+def unlock(conn: Connection, username: str, *, actor: str, address: str | None = None) -> int:
+    """Clear the login lockout of a user (and optionally of a client address); audited. Returns the
+    number of counters cleared. Raises UserError for an unknown user."""
+    username = username.strip().lower()
+    if get_user(conn, username) is None:
+        raise UserError(f"no user {username}")
+    user_key, address_key = _failure_keys(username, address)
+    keys = [user_key, address_key] if address else [user_key]
+    cleared = conn.execute(delete(login_failures).where(login_failures.c.key.in_(keys))).rowcount
+    audit.append(
+        conn,
+        actor=actor,
+        action="user.unlock",
+        outcome="ok",
+        details={"user": username, "address": address, "cleared": cleared},
+    )
+    return int(cleared)
 
 
 def login(
@@ -88,7 +145,7 @@ def login(
         raise LoginRefused(429, "locked", "too many failed attempts; try again later")
     row = get_user(conn, username)
     if not check_password(row, password) or row is None or row["disabled"]:
-        _count_failure(conn, keys, config)
+        count_failures(conn, keys, _login_window(config))
         audit.append(
             conn,
             actor=actor,
@@ -128,7 +185,7 @@ def verify_totp(
         raise LoginRefused(429, "locked", "too many failed attempts; try again later")
     row = get_user(conn, session.principal.name)
     if row is None or row["totp_secret_enc"] is None or not check_totp(master, row, code):
-        _count_failure(conn, keys, config)
+        count_failures(conn, keys, _login_window(config))
         audit.append(
             conn, actor=actor, action="user.totp", outcome="denied", details={"reason": "bad_code", "ip": ip}
         )

@@ -1,20 +1,24 @@
 """Stations: one-time enrollment codes, enrollment (a station token, returned once), disable, re-enroll.
 
 A code is single-use and short-lived. A code bound to a station id re-enrolls that station (its old tokens
-are revoked, a disabled station becomes active again); an unbound code enrolls a new station only.
+are revoked, a disabled station becomes active again); an unbound code enrolls a new station only. Failed
+enrollments are rate-limited per client address and overall, with the login failure counters in the
+database (enroll_throttled), so every instance sharing the database applies the same limits.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import re
 import secrets
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from keyserver import audit
+from keyserver import audit, sessions
+from keyserver.config import Config
 from keyserver.db import aware, utcnow
 from keyserver.models import api_tokens, enrollment_codes, stations
 from keyserver.users import hash_token, new_token
@@ -27,6 +31,29 @@ class EnrollmentError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.status = status
+
+
+class EnrollmentThrottled(EnrollmentError):
+    """Too many failed enrollments from this address (or from everywhere) in the current window."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed enrollment attempts; try again in {retry_after} seconds", "throttled", 429
+        )
+        self.retry_after = retry_after
+
+
+def enroll_limits(config: Config, ip: str | None) -> tuple[dict[str, int], dt.timedelta]:
+    """Failure limits for enrollment, and their window: per client address and for all addresses.
+
+    Codes have 80 bits and are short-lived, so the limits are defence in depth: they bound how fast anyone
+    can try codes at all. The global limit also bounds a guesser spread over many addresses, at the price
+    that such a flood pauses genuine enrollments too until the window ends (an admin sees it in the audit
+    log as ``station.enroll`` denials with reason ``throttled``).
+    """
+    per_address, overall = config.login_max_failures * 2, config.login_max_failures * 20
+    limits = {f"enroll-ip:{ip or 'unknown'}"[:300]: per_address, "enroll:*": overall}
+    return limits, dt.timedelta(minutes=config.login_lockout_minutes)
 
 
 def _normalize_code(code: str) -> str:
@@ -119,6 +146,37 @@ def enroll(conn: Connection, code: str, station_id: str, *, ip: str | None) -> s
         details={"station_id": station_id, "reenrolled": existing is not None, "ip": ip},
     )
     return token
+
+
+def enroll_throttled(
+    conn: Connection, config: Config, code: str, station_id: str, *, ip: str | None, actor: str
+) -> str | EnrollmentError:
+    """enroll() behind the failure throttle; the token, or the refusal for the caller to raise.
+
+    A refusal is returned rather than raised so that the caller's transaction commits the failure count
+    and the audit record together (raising would roll both back). The throttle is checked before the
+    code, so once it trips even a right code waits for the window (a guesser learns nothing).
+    """
+    limits, window = enroll_limits(config, ip)
+    safe_id = station_id if STATION_ID_RE.match(station_id) else None
+    until = sessions.throttled_until(conn, limits, window)
+    if until is not None:
+        refusal: EnrollmentError = EnrollmentThrottled(max(1, math.ceil((until - utcnow()).total_seconds())))
+    else:
+        try:
+            with conn.begin_nested():  # a failed enrollment leaves no partial writes behind
+                return enroll(conn, code, station_id, ip=ip)
+        except EnrollmentError as exc:
+            refusal = exc
+        sessions.count_failures(conn, list(limits), window)
+    audit.append(
+        conn,
+        actor=actor,
+        action="station.enroll",
+        outcome="denied",
+        details={"ip": ip, "station_id": safe_id, "reason": refusal.reason},
+    )
+    return refusal
 
 
 def list_stations(conn: Connection) -> list[dict[str, Any]]:

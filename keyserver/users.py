@@ -123,16 +123,39 @@ def add_to_group(conn: Connection, user_id: int, name: str) -> None:
 def add_grant(conn: Connection, *, subject_type: str, subject: str, recipient: str, actor: str) -> None:
     if subject_type not in ("role", "group"):
         raise UserError("grants are for a role or a group")
-    conn.execute(
-        grants.insert().values(subject_type=subject_type, subject=subject, recipient=recipient.lower())
+    subject, recipient = subject.strip(), recipient.strip().lower()
+    if subject_type == "role" and subject not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+    if not subject or len(subject) > 64 or not recipient or len(recipient) > 254:
+        raise UserError("a grant needs a subject (max 64 characters) and a recipient (max 254)")
+    existing = select(grants.c.id).where(
+        grants.c.subject_type == subject_type, grants.c.subject == subject, grants.c.recipient == recipient
     )
+    if conn.execute(existing).first():
+        raise UserError(f"{subject_type} {subject} may already open reports for {recipient}")
+    conn.execute(grants.insert().values(subject_type=subject_type, subject=subject, recipient=recipient))
     audit.append(
         conn,
         actor=actor,
         action="grant.add",
         outcome="ok",
-        details={"subject_type": subject_type, "subject": subject, "recipient": recipient.lower()},
+        details={"subject_type": subject_type, "subject": subject, "recipient": recipient},
     )
+
+
+def list_grants(conn: Connection) -> list[dict[str, Any]]:
+    stmt = select(grants).order_by(grants.c.subject_type, grants.c.subject, grants.c.recipient)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def remove_grant(conn: Connection, grant_id: int, *, actor: str) -> dict[str, Any]:
+    row = conn.execute(select(grants).where(grants.c.id == grant_id)).mappings().first()
+    if row is None:
+        raise UserError(f"no grant {grant_id}")
+    conn.execute(delete(grants).where(grants.c.id == grant_id))
+    details = {"subject_type": row["subject_type"], "subject": row["subject"], "recipient": row["recipient"]}
+    audit.append(conn, actor=actor, action="grant.remove", outcome="ok", details=details)
+    return details
 
 
 def get_user(conn: Connection, username: str) -> dict[str, Any] | None:
@@ -141,6 +164,13 @@ def get_user(conn: Connection, username: str) -> dict[str, Any] | None:
 
 
 def list_users(conn: Connection) -> list[dict[str, Any]]:
+    memberships: dict[int, list[str]] = {}
+    for r in conn.execute(
+        select(user_groups.c.user_id, groups.c.name)
+        .join(groups, groups.c.id == user_groups.c.group_id)
+        .order_by(groups.c.name)
+    ):
+        memberships.setdefault(r.user_id, []).append(r.name)
     rows = conn.execute(select(users).order_by(users.c.username)).mappings()
     return [
         {
@@ -149,6 +179,7 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
             "role": r["role"],
             "disabled": r["disabled"],
             "totp": r["totp_secret_enc"] is not None,
+            "groups": memberships.get(r["id"], []),
         }
         for r in rows
     ]
@@ -164,6 +195,9 @@ def user_groups_of(conn: Connection, user_id: int) -> list[str]:
 
 
 def set_disabled(conn: Connection, username: str, disabled: bool, *, actor: str) -> None:
+    """Disable or re-enable a user. Re-enabling restores sign-in only: the API tokens revoked at
+    disable stay revoked (create new ones), and a login lockout is cleared separately (sessions.unlock)."""
+    username = username.strip().lower()
     result = conn.execute(update(users).where(users.c.username == username).values(disabled=disabled))
     if result.rowcount == 0:
         raise UserError(f"no user {username}")
@@ -198,6 +232,15 @@ def set_totp(conn: Connection, master: MasterKey, username: str, *, actor: str) 
     conn.execute(update(users).where(users.c.id == row["id"]).values(totp_secret_enc=enc))
     audit.append(conn, actor=actor, action="user.totp", outcome="ok", details={"user": username})
     return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name="Clinical Photo Key Server")
+
+
+def clear_totp(conn: Connection, username: str, *, actor: str) -> None:
+    """Turn TOTP off (e.g. a lost phone); the user signs in with the password until it is set again."""
+    username = username.strip().lower()
+    result = conn.execute(update(users).where(users.c.username == username).values(totp_secret_enc=None))
+    if result.rowcount == 0:
+        raise UserError(f"no user {username}")
+    audit.append(conn, actor=actor, action="user.totp_remove", outcome="ok", details={"user": username})
 
 
 def check_totp(master: MasterKey, row: dict[str, Any], code: str) -> bool:

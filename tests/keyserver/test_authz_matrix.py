@@ -172,6 +172,11 @@ def test_every_route_is_in_the_matrix(matrix: Matrix) -> None:
         "/admin/stations/<station_id>/disable",
         "/admin/users",
         "/admin/users/<username>/disable",
+        "/admin/users/<username>/enable",
+        "/admin/users/<username>/unlock",
+        "/admin/users/<username>/totp",
+        "/admin/grants",
+        "/admin/grants/<int:grant_id>/remove",
         "/admin/reports",
     }
     assert [m for m in missing if m[1] not in allowed_extra] == []
@@ -193,6 +198,11 @@ def test_admin_form_posts_are_guarded(matrix: Matrix) -> None:
     for path, data in (
         ("/admin/users", {"username": "eve", "password": "x" * 12, "role": "admin"}),
         ("/admin/users/root/disable", {}),
+        ("/admin/users/root/enable", {}),
+        ("/admin/users/root/unlock", {}),
+        ("/admin/users/root/totp", {"action": "remove"}),
+        ("/admin/grants", {"subject_type": "role", "subject": "clinician", "recipient": "*"}),
+        ("/admin/grants/1/remove", {}),
         ("/admin/stations/st-1/disable", {}),
         ("/admin/reports", {"report_id": matrix.ids["revocable"]}),
     ):
