@@ -68,9 +68,11 @@ def create_app(config: Config, *, engine: Engine | None = None) -> Flask:
 
     from keyserver.api import api
     from keyserver.pages import pages
+    from keyserver.station_audit import station_audit_api
 
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    app.register_blueprint(station_audit_api)
     app.before_request(_identify)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)

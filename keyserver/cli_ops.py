@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -122,6 +125,49 @@ def decrypt_cmd(sealed_file: str, out_dir: str, url: str, token_file: str) -> No
         click.echo(str(path))
 
 
+@click.command("audit")
+@click.argument("station_id")
+@click.option("--verify", is_flag=True, help="Recompute the station's chain instead of listing it.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (details as the JSON text hashed).")
+@click.option("--after", type=int, default=0, show_default=True, help="Only records after this seq.")
+@pass_ctx
+def station_audit_cmd(c: Context, station_id: str, verify: bool, as_json: bool, after: int) -> None:
+    """The audit trail a station shipped (sign-in, scan, send, wipe...; never patient data)."""
+    from keyserver import station_audit  # imports the web app's modules: only when needed
+
+    with db.read(c.engine()) as conn:
+        if not station_audit.known_station(conn, station_id):
+            raise click.ClickException(f"no station {station_id}")
+        if verify:
+            result = station_audit.verify(conn, station_id)
+        else:
+            records, last = [], after
+            while page := station_audit.query(conn, station_id, after=last, limit=1000):
+                records += page
+                last = page[-1]["seq"]
+    if verify:
+        if as_json:
+            click.echo(json.dumps(result, indent=1))
+        for problem in result["problems"]:
+            click.echo(f"BROKEN: {problem}", err=True)
+        if not result["ok"]:
+            raise click.ClickException(f"the audit chain of station {station_id} does not verify")
+        if not as_json:
+            click.echo(f"{result['records']} records, head seq {result['head_seq']} {result['head_hash']}")
+            click.echo("station audit chain intact")
+        return
+    if as_json:
+        click.echo(json.dumps({"station_id": station_id, "records": records}, indent=1))
+        return
+    for r in records:
+        when = dt.datetime.fromtimestamp(r["at"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        click.echo(
+            f"{r['seq']:6} {when} {r['event']:28} {r['report_id'] or '-':36} {r['actor']:12} {r['details']}"
+        )
+
+
 def register(main: click.Group) -> None:
     for command in (audit_group, inbox_group, backup_cmd, restore_cmd, decrypt_cmd):
         main.add_command(command)
+    station_group = cast(click.Group, main.commands["station"])  # defined in cli.py
+    station_group.add_command(station_audit_cmd)  # `keyserver station audit STATION_ID`

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -180,6 +181,25 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+# The stations' own hash-chained audit trails (kiosk/audit.py), shipped by each station: sign-in, scan,
+# capture, send, wipe, admin actions; never patient data. Each row is stored exactly as the station hashed
+# it, so `station_audit.verify` recomputes the station's own hashes. No foreign key to `stations`: an audit
+# trail outlives anything that happens to the station's row.
+station_audit = Table(
+    "station_audit",
+    metadata,
+    Column("station_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Double, nullable=False),  # the station's Unix time; hashed as repr(float), so exact
+    Column("event", String(64), nullable=False),
+    Column("report_id", String(64), nullable=True),
+    Column("actor", String(128), nullable=False),
+    Column("details", Text, nullable=False),  # JSON text exactly as the station hashed it
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("received_at", TS, nullable=False),
+)
+
 web_sessions = Table(
     "web_sessions",
     metadata,
@@ -214,4 +234,5 @@ BACKUP_TABLES = [
     inbox_files,
     audit_log,
     audit_head,
+    station_audit,
 ]

@@ -67,6 +67,30 @@ ENDPOINTS: list[tuple[str, str, str, list[str], str | None, str]] = [
     ),
     (
         "post",
+        "/v1/stations/audit",
+        "Ship the station's own audit records (station; an empty list asks for the stored head)",
+        ["station"],
+        "StationAudit",
+        "200",
+    ),
+    (
+        "get",
+        "/v1/stations/{station_id}/audit",
+        "A station's shipped audit records, ?after=&limit= (auditor, admin)",
+        ["user", "session"],
+        None,
+        "200",
+    ),
+    (
+        "get",
+        "/v1/stations/{station_id}/audit/verify",
+        "Verify a station's shipped audit chain (auditor, admin)",
+        ["user", "session"],
+        None,
+        "200",
+    ),
+    (
+        "post",
         "/v1/enrollment-codes",
         "Create a one-time enrollment code (admin)",
         ["user", "session"],
@@ -95,6 +119,33 @@ SCHEMAS: dict[str, Any] = {
     "Code": {
         "type": "object",
         "properties": {"station_id": {"type": "string", "description": "bind (re-enroll)"}},
+    },
+    "StationAudit": {
+        "type": "object",
+        "required": ["records"],
+        "additionalProperties": False,
+        "properties": {
+            "records": {
+                "type": "array",
+                "maxItems": 1000,
+                "description": "consecutive records continuing the chain stored for this station",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["seq", "at", "event", "report_id", "actor", "details", "prev_hash", "hash"],
+                    "properties": {
+                        "seq": {"type": "integer", "minimum": 1},
+                        "at": {"type": "number", "description": "Unix time (the station's clock)"},
+                        "event": {"type": "string", "maxLength": 64},
+                        "report_id": {"type": ["string", "null"], "maxLength": 64},
+                        "actor": {"type": "string", "maxLength": 128},
+                        "details": {"type": "string", "description": "JSON text exactly as hashed"},
+                        "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    },
+                },
+            }
+        },
     },
     "Error": {
         "type": "object",

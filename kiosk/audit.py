@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 GENESIS = "0" * 64
-_COLUMNS = "seq, at, event, report_id, actor, details, prev_hash, hash"
+# The fields of a record, in hash order; also the exact shape of a record shipped to the key server.
+FIELDS = ("seq", "at", "event", "report_id", "actor", "details", "prev_hash", "hash")
+_COLUMNS = ", ".join(FIELDS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -43,9 +45,13 @@ class AuditRecord:
     hash: str
 
 
-def _digest(
+def digest(
     seq: int, at: float, event: str, report_id: str | None, actor: str, details: str, prev: str
 ) -> str:
+    """A record's hash; public because the key server recomputes it for records a station ships.
+
+    `details` is the JSON text exactly as stored (the hash covers the text, not a re-serialization).
+    """
     material = json.dumps([seq, repr(at), event, report_id, actor, details, prev], separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -65,7 +71,7 @@ def append(
     text = json.dumps(details, sort_keys=True, separators=(",", ":"))
     db.execute(
         f"INSERT INTO audit ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608 - constant column list
-        (seq, at, event, report_id, actor, text, prev, _digest(seq, at, event, report_id, actor, text, prev)),
+        (seq, at, event, report_id, actor, text, prev, digest(seq, at, event, report_id, actor, text, prev)),
     )
 
 
@@ -75,6 +81,18 @@ def records(db: sqlite3.Connection, *, after: int = 0) -> list[AuditRecord]:
         (after,),
     ).fetchall()
     return [AuditRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+
+
+def exported(db: sqlite3.Connection, *, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    """Records after `after` as plain dicts with `details` as the stored JSON text, ready to ship.
+
+    The text, not the parsed value: the key server recomputes each hash over exactly what was hashed.
+    """
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - constant column list
+        (after, limit),
+    ).fetchall()
+    return [dict(zip(FIELDS, row, strict=True)) for row in rows]
 
 
 def verify(db: sqlite3.Connection) -> list[str]:
@@ -89,7 +107,7 @@ def verify(db: sqlite3.Connection) -> list[str]:
             problems.append(f"record {expected_seq} is missing (next is {seq})")
         if prev != expected_prev:
             problems.append(f"record {seq} does not follow the record before it")
-        if _digest(seq, at, event, report_id, actor, details, prev) != stored:
+        if digest(seq, at, event, report_id, actor, details, prev) != stored:
             problems.append(f"record {seq} was altered")
         expected_prev, expected_seq = stored, seq + 1
     return problems

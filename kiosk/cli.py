@@ -18,8 +18,8 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from kiosk import audit_shipping, keyring, station
 from kiosk import config as config_module
-from kiosk import keyring, station
 from kiosk.destinations.base import DeliveryError
 from kiosk.keyserver_client import KeyServerError
 from kiosk.outbox.sender import drain
@@ -330,7 +330,9 @@ def outbox_drop(ctx: click.Context, report_id: str, destination: str | None, act
 def outbox_run(ctx: click.Context) -> None:
     """Deliver in the foreground until interrupted (the station app runs the same worker)."""
     config = _config(ctx)
-    worker = OutboxWorker(config.station.data_dir, station.destinations(config))
+    data_dir = config.station.data_dir
+    shipper = audit_shipping.shipper(data_dir, station.keyserver_client(config))
+    worker = OutboxWorker(data_dir, station.destinations(config), after_round=shipper)
     worker.start()
     click.echo("delivering; press Ctrl-C to stop")
     try:
@@ -356,6 +358,22 @@ def outbox_audit(ctx: click.Context) -> None:
     if problems:
         raise click.ClickException("the audit chain is broken: " + "; ".join(problems))
     click.echo("audit chain intact")
+
+
+@outbox.command(name="ship-audit")
+@click.pass_context
+def outbox_ship_audit(ctx: click.Context) -> None:
+    """Ship the station's audit records to the key server now (the running station does it by itself)."""
+    config = _config(ctx)
+    client = station.keyserver_client(config)
+    if client is None:
+        raise click.ClickException("the station is not enrolled; run `kiosk enroll` first")
+    try:
+        accepted = audit_shipping.ship(config.station.data_dir, client)
+    except OSError as exc:  # a connection broken mid-answer; KeyServerError is reported by _Group
+        raise click.ClickException(f"cannot reach the key server: {exc}") from exc
+    left = audit_shipping.backlog(config.station.data_dir)
+    click.echo(f"{accepted} audit records shipped; the key server holds them up to seq {left.shipped_seq}")
 
 
 @main.command(name="enroll")

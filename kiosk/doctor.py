@@ -51,6 +51,10 @@ CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 JOURNALD_CONF = Path("/etc/systemd/journald.conf")
 PERSISTENT_JOURNAL = Path("/var/log/journal")
 TMPFS_TYPES = {"tmpfs", "ramfs"}
+# The worker ships audit records within seconds; an hour behind means the key server has been away.
+AUDIT_BACKLOG_WARN_SECONDS = 3600.0
+AUDIT_BACKLOG_FAIL_SECONDS = 24 * 3600.0
+AUDIT_BACKLOG_FAIL_RECORDS = 100
 
 
 @dataclass(frozen=True)
@@ -518,6 +522,26 @@ def check_outbox(config: Config) -> CheckResult:
     return CheckResult("outbox", PASS, detail if waiting else "empty")
 
 
+def check_audit_shipping(config: Config, now: float | None = None) -> CheckResult:
+    from kiosk.audit_shipping import backlog
+
+    name = "audit shipping"
+    if not config.credentials_file.exists():
+        return CheckResult(name, SKIP, "not enrolled: the audit trail stays on the station")
+    behind = backlog(config.station.data_dir)
+    if not behind.unshipped or behind.oldest_at is None:
+        return CheckResult(name, PASS, f"the key server holds the audit trail up to seq {behind.shipped_seq}")
+    age = (time.time() if now is None else now) - behind.oldest_at
+    plural = "s" if behind.unshipped != 1 else ""
+    detail = f"{behind.unshipped} audit record{plural} not shipped, oldest {age / 3600:.1f} h"
+    fix = "`kiosk outbox ship-audit` shows why (key server unreachable, station disabled, chain conflict)"
+    if age <= AUDIT_BACKLOG_WARN_SECONDS:
+        return CheckResult(name, PASS, detail)
+    if age > AUDIT_BACKLOG_FAIL_SECONDS and behind.unshipped >= AUDIT_BACKLOG_FAIL_RECORDS:
+        return CheckResult(name, FAIL, detail, fix)
+    return CheckResult(name, WARN, detail, fix)
+
+
 # --- hardware ---------------------------------------------------------------------------------------------
 
 
@@ -648,6 +672,7 @@ def run_checks(config: Config, *, hardware: bool = True, timeout: float = 5.0) -
         guarded("journal", check_journal),
         guarded("free disk", lambda: check_disk(config)),
         guarded("outbox", lambda: check_outbox(config)),
+        guarded("audit shipping", lambda: check_audit_shipping(config)),
     ]
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="doctor") as pool:
         results += list(pool.map(lambda check: check(), checks))

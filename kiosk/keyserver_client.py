@@ -6,6 +6,7 @@
     client.register_report(header)                                  # each sealed report's header
     client.upload_to_inbox(sealed_path)                             # deliver to the key server inbox
     data_key = client.delivery_unwrap(header, wrapped_key)          # only reports this station sealed
+    client.ship_audit(records)                                      # the station's own audit records
 
 Errors from the server raise KeyServerError with the HTTP status and the server's reason code.
 """
@@ -25,6 +26,8 @@ from kiosk.sealing import envelope
 from kiosk.sealing.sealed_file import MEDIA_TYPE, SealedHeader
 
 TIMEOUT_S = 30.0
+# Audit shipping runs inside the outbox worker's round: a slow key server must not hold deliveries long.
+AUDIT_TIMEOUT_S = 10.0
 
 
 class KeyServerError(RuntimeError):
@@ -156,4 +159,17 @@ class StationClient:
         data = Path(sealed_path).read_bytes()
         return request_json(  # type: ignore[no-any-return]
             "POST", f"{self.url}/v1/inbox", token=self.token, data=data, content_type=MEDIA_TYPE
+        )
+
+    def ship_audit(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Send consecutive audit records (kiosk.audit.exported); idempotent for records already there.
+
+        Returns {accepted, last_seq, last_hash}; an empty list only asks where the server's copy ends.
+        """
+        return request_json(  # type: ignore[no-any-return]
+            "POST",
+            f"{self.url}/v1/stations/audit",
+            token=self.token,
+            body={"records": records},
+            timeout=AUDIT_TIMEOUT_S,
         )

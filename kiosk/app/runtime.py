@@ -25,6 +25,7 @@ from typing import Any
 
 from PIL import Image
 
+from kiosk import audit_shipping
 from kiosk import station as station_wiring
 from kiosk.app.events import StationEvents
 from kiosk.app.i18n import _
@@ -213,10 +214,12 @@ class StationRuntime:
         """(Re)start the outbox worker with freshly built destinations (e.g. after enrollment)."""
         if self.worker is not None:
             self.worker.stop()
+        data_dir = self.config.station.data_dir
         self.worker = OutboxWorker(
-            self.config.station.data_dir,
+            data_dir,
             station_wiring.destinations(self.config),
             on_status=self._on_outbox_status,
+            after_round=audit_shipping.shipper(data_dir, station_wiring.keyserver_client(self.config)),
         )
         self.worker.start()
 

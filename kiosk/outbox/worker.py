@@ -51,11 +51,14 @@ class OutboxWorker:
         *,
         on_status: Callable[[OutboxStatus], None] | None = None,
         abandoned_after_seconds: float = ABANDONED_AFTER_SECONDS,
+        after_round: Callable[[], None] | None = None,
     ) -> None:
+        """`after_round` runs on this thread after every round (the station ships its audit trail there)."""
         self._data_dir = data_dir
         self._destinations = destinations
         self._on_status = on_status
         self._abandoned_after = abandoned_after_seconds
+        self._after_round = after_round
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,12 +93,21 @@ class OutboxWorker:
                     current = status(outbox)
                     if self._on_status is not None:
                         self._on_status(current)
+                    self._run_after_round()
                     self._wake.wait(self._next_wait(outbox))
                 except Exception:  # keep delivering whatever one bad round did
                     log.exception("outbox round failed")
                     self._wake.wait(5.0)
         finally:
             outbox.close()
+
+    def _run_after_round(self) -> None:
+        if self._after_round is None:
+            return
+        try:
+            self._after_round()
+        except Exception:  # the hook's trouble must not cost a delivery round
+            log.exception("outbox after-round hook failed")
 
     @staticmethod
     def _next_wait(outbox: Outbox) -> float:

@@ -43,6 +43,9 @@ TABLE: list[tuple[str, str, str, str, dict[str, int], int]] = [
     ("stations", "GET", "/v1/stations", "", {A: 401, M: OK}, 403),
     ("station_disable", "POST", "/v1/stations/victim/disable", "json", {A: 401, M: OK}, 403),
     ("enrollment_code", "POST", "/v1/enrollment-codes", "json", {A: 401, M: 201}, 403),
+    ("station_audit_ship", "POST", "/v1/stations/audit", "audit_batch", {A: 401, S: OK}, 403),
+    ("station_audit", "GET", "/v1/stations/victim/audit", "", {A: 401, U: OK, M: OK}, 403),
+    ("station_audit_verify", "GET", "/v1/stations/victim/audit/verify", "", {A: 401, U: OK, M: OK}, 403),
     # Pages: anonymous visitors and stations are sent to the login page.
     ("page_inbox", "GET", "/inbox", "", {A: 302, S: 302, D: 302, U: 403}, OK),
     ("page_report", "GET", "/reports/{inbox}", "", {A: 302, S: 302, D: 302, R: OK}, 403),
@@ -94,6 +97,8 @@ class Matrix:
             kwargs["data"] = self.inbox_path.read_bytes()
         elif body == "json":
             kwargs["json"] = {}
+        elif body == "audit_batch":
+            kwargs["json"] = {"records": []}  # asks where the server's copy of the station's trail ends
         page = not path.startswith("/v1")
         token = {"station": "st-1", "disabled_station": "st-2"}.get(actor) or USERS.get(actor)
         if actor in USERS and page:
