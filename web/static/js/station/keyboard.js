@@ -123,7 +123,9 @@
     const input = e.target.closest && e.target.closest("[data-osk]");
     if (input && !input.hasAttribute("data-osk-manual")) open(input);
   });
-  document.addEventListener("pointerdown", (e) => {
+  // Close on the click, not on pointerdown: closing shrinks the page's bottom padding, and a button that
+  // moves between pointerdown and pointerup never receives its click (a tap on Confirm would be lost).
+  document.addEventListener("click", (e) => {
     if (!panel || panel.hidden) return;
     if (e.target.closest(".osk, [data-osk], [data-osk-open]")) return;
     close();
