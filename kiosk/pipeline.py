@@ -4,18 +4,23 @@
 
 Destinations that share a sealing key (the envelope, or one passphrase file) share one sealed file.
 Nothing here writes plaintext: the bundle streams straight into the RNCryptor encryptor.
+Per-delivery parameters (the email recipients chosen for this report) are checked before sealing and
+queued with the deliveries.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from kiosk import fsutil, keyring
 from kiosk.config import Config
 from kiosk.destinations.base import DestinationConfigBase
+from kiosk.destinations.email import EmailConfig
 from kiosk.destinations.keyserver_inbox import REGISTRATION
 from kiosk.outbox.store import Outbox
 from kiosk.report.bundle import write_bundle
@@ -76,12 +81,44 @@ def _sealer(destination: DestinationConfigBase, config: Config) -> Sealer:
     return EnvelopeSealer(keyring.current(config.public_keys_file))
 
 
+def delivery_params(
+    destinations: list[DestinationConfigBase], given: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each destination's checked delivery parameters. Only email takes any (its recipients); raises
+    ValueError (email.RecipientProblem for recipients) when they do not fit the destination's settings."""
+    names = {d.name for d in destinations}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(f"parameters for destinations not chosen: {', '.join(unknown)}")
+    out: dict[str, dict[str, Any]] = {}
+    for destination in destinations:
+        if isinstance(destination, EmailConfig):
+            checked = destination.delivery_params(given.get(destination.name))
+            if checked:
+                out[destination.name] = checked
+        elif given.get(destination.name):
+            raise ValueError(f"destination {destination.name!r} takes no delivery parameters")
+    return out
+
+
 def seal_and_queue(
-    report: Report, destinations: list[DestinationConfigBase], config: Config, outbox: Outbox
+    report: Report,
+    destinations: list[DestinationConfigBase],
+    config: Config,
+    outbox: Outbox,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, SealedHeader]:
-    """Seal ``report`` once per sealing key and queue it for every destination; all or nothing."""
+    """Seal ``report`` once per sealing key and queue it for every destination; all or nothing.
+
+    ``params``: per destination name, choices made for this report (``{"to": [...]}`` for an email
+    destination with ``ask_recipients``); checked before anything is sealed.
+    """
     if not destinations:
         raise SealError("choose at least one destination")
+    try:
+        checked = delivery_params(destinations, params or {})
+    except ValueError as exc:
+        raise SealError(str(exc)) from exc
     groups: dict[tuple[str, Path | None], list[DestinationConfigBase]] = defaultdict(list)
     for destination in destinations:
         groups[destination.sealing_key].append(destination)
@@ -106,7 +143,7 @@ def seal_and_queue(
             routes.update({m.name: path for m in members})
             if isinstance(sealer, EnvelopeSealer) and config.credentials_file.exists():
                 routes[REGISTRATION] = path  # the key server's audit learns of every envelope report
-        outbox.enqueue(report.report_id, headers, routes)
+        outbox.enqueue(report.report_id, headers, routes, checked)
     except (OSError, ValueError) as exc:
         for path in headers:
             path.unlink(missing_ok=True)

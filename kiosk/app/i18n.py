@@ -30,7 +30,7 @@ def _(text: str, **values: Any) -> str:
 
 def ngettext(singular: str, plural: str, n: int, **values: Any) -> str:
     translated = _translations.ngettext(singular, plural, n)
-    return translated % {"num": n, **values} if values else translated
+    return translated % {"num": n, **values}  # num is always there: most plurals show the count
 
 
 _CALL = re.compile(r"""\b_\(\s*(?P<q>["'])(?P<text>(?:\\.|(?!(?P=q)).)*)(?P=q)""", re.S)

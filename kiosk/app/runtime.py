@@ -19,9 +19,11 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from PIL import Image
 
@@ -30,6 +32,7 @@ from kiosk import station as station_wiring
 from kiosk.app.events import StationEvents
 from kiosk.app.i18n import _
 from kiosk.config import Config
+from kiosk.destinations.email import RecipientProblem
 from kiosk.hardware.camera import Camera, CameraUnavailable, open_camera
 from kiosk.hardware.camera_mock import FOLLOW_SCREENS, SCREEN_SCENES, MockCamera
 from kiosk.hardware.gpio import ButtonEvent, EventKind, Gpio, GpioUnavailable, LedState
@@ -167,6 +170,15 @@ class SendResult:
     seconds: float
 
 
+@dataclass
+class RecipientChoice:
+    """Email recipients picked on the Send screen for one destination: personal data (not patient data),
+    held in memory beside the session and dropped when it ends."""
+
+    chosen: list[str]
+    typed: list[str] = field(default_factory=list)
+
+
 class StationRuntime:
     def __init__(
         self,
@@ -193,6 +205,8 @@ class StationRuntime:
         self.worker: OutboxWorker | None = None
         self.outbox_status: OutboxStatus | None = None
         self._send_lock = threading.Lock()
+        # Send screen: session -> destination name -> recipients; weak, and also dropped in _on_wipe.
+        self.recipient_choices: WeakKeyDictionary[Session, dict[str, RecipientChoice]] = WeakKeyDictionary()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.capture_times: list[float] = []  # seconds from button to still ready (bench)
@@ -285,6 +299,7 @@ class StationRuntime:
 
     def _on_wipe(self, session: Session, reason: str, details: dict[str, Any]) -> None:
         self.scanner.clear()
+        self.recipient_choices.pop(session, None)
         actor = details.pop("staff_id", None) or "station"
         self.events.record("session-ended", actor=actor, reason=reason, **details)
 
@@ -386,8 +401,13 @@ class StationRuntime:
                 self.sessions.expire_idle()
 
     # --- send ----------------------------------------------------------------------------------------
-    def send(self, session: Session, names: list[str]) -> SendResult:
-        """assemble_report + seal_and_queue + wake the worker. Raises SendFailed; the session is kept."""
+    def send(
+        self, session: Session, names: list[str], params: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> SendResult:
+        """assemble_report + seal_and_queue + wake the worker. Raises SendFailed; the session is kept.
+
+        ``params``: per destination, choices made on the Send screen (email recipients), queued with the
+        deliveries."""
         start = time.perf_counter()
         if not names:
             raise SendFailed(_("Choose where to send the report."))
@@ -427,7 +447,7 @@ class StationRuntime:
             raise SendFailed(_("The report could not be put together."), _no_phi(exc)) from exc
         with self._send_lock:
             try:
-                seal_and_queue(report, chosen, self.config, self.outbox)
+                seal_and_queue(report, chosen, self.config, self.outbox, params)
             except SealError as exc:
                 message, detail = plain_seal_error(exc)
                 self.events.record(
@@ -470,6 +490,8 @@ def plain_seal_error(exc: SealError) -> tuple[str, str]:
     """(what the nurse reads, what IT needs) for a failed seal."""
     cause = exc.__cause__
     kept = _("Nothing was sent; your photos are kept.")
+    if isinstance(cause, RecipientProblem):  # the Send screen checks first; this is the backstop
+        return _("Check the email recipients.") + " " + kept, ""
     if isinstance(cause, KeyringError):
         return _("Station not enrolled — call IT.") + " " + kept, str(cause)
     if isinstance(cause, OSError) and cause.errno == 28:

@@ -8,10 +8,10 @@ between "sent" and "recorded", and the destination must not keep a second copy.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -54,6 +54,9 @@ class Parcel:
     report_id: str
     sealed_path: Path
     header: SealedHeader
+    # Per-delivery choices stored with the outbox row (e.g. the email recipients a nurse picked), the same
+    # on every retry. Empty for most destinations; each destination reads only its own keys.
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Destination(ABC):

@@ -24,7 +24,12 @@ def deliver_due(outbox: Outbox, destinations: Mapping[str, Destination], now: fl
             outbox.mark_failed(delivery, "destination is no longer configured", permanent=True)
             continue
         outbox.mark_sending(delivery)
-        parcel = Parcel(delivery.report_id, delivery.sealed_path, outbox.header(delivery.sealed_path))
+        parcel = Parcel(
+            delivery.report_id,
+            delivery.sealed_path,
+            outbox.header(delivery.sealed_path),
+            params=delivery.params,  # stored with the delivery: every attempt gets the same choices
+        )
         try:
             receipt = destination.deliver(parcel)
         except DeliveryError as exc:

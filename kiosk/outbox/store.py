@@ -9,6 +9,9 @@ Order of events for one report, each step durable before the next:
 A crash between 1 and 2 leaves a sealed file no delivery refers to; the nurse was never told "sent", so
 it is deleted once it is old enough not to be another process's Send in progress. A crash during
 "sending" is retried, which is safe because destinations are idempotent on the report id.
+
+A delivery may carry parameters (JSON), chosen when the report was sent and passed to the destination on
+every attempt: e.g. the email recipients a nurse picked, so a retry reaches the same people.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kiosk import audit, fsutil
 from kiosk.sealing.sealed_file import EXTENSION, SealedHeader
@@ -49,9 +53,13 @@ CREATE TABLE IF NOT EXISTS delivery (
     last_error TEXT,
     queued_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    params TEXT,  -- JSON object given to the destination on every attempt; NULL = none
     PRIMARY KEY (report_id, destination)
 );
 """
+
+# Columns added after the first release, created in outbox.sqlite files that predate them.
+_ADDED_COLUMNS = {"delivery": {"params": "TEXT"}}
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,13 @@ class Delivery:
     receipt: str | None
     last_error: str | None
     queued_at: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def recipient_count(self) -> int | None:
+        """How many recipients were chosen for this delivery (email), for status pages: not who."""
+        chosen = self.params.get("to")
+        return len(chosen) if isinstance(chosen, list) else None
 
 
 class Outbox:
@@ -76,6 +91,29 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA + audit.SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add columns missing from an older outbox.sqlite, keeping its rows (NULL in the new column).
+
+        In a write transaction, so two processes opening the same old file (the station's worker and
+        `kiosk send`) add each column once: the second waits for the lock and then sees it. An up-to-date
+        file takes no write lock at all.
+        """
+
+        def missing(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            out = []
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                out += [(table, name, kind) for name, kind in columns.items() if name not in have]
+            return out
+
+        if not missing(self._db):
+            return
+        with self._transaction() as db:
+            for table, name, kind in missing(db):
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                log.info("outbox database: added column %s.%s", table, name)
 
     def close(self) -> None:
         self._db.close()
@@ -93,8 +131,21 @@ class Outbox:
     def sealed_path(self, report_id: str, variant: int) -> Path:
         return self.folder / f"{report_id}.{variant}{EXTENSION}"
 
-    def enqueue(self, report_id: str, headers: dict[Path, SealedHeader], routes: dict[str, Path]) -> None:
-        """Record deliveries of already-durable sealed files; after this the report is sent."""
+    def enqueue(
+        self,
+        report_id: str,
+        headers: dict[Path, SealedHeader],
+        routes: dict[str, Path],
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Record deliveries of already-durable sealed files; after this the report is sent.
+
+        ``params`` maps a destination name to its delivery's parameters (omitted: none).
+        """
+        params = params or {}
+        unknown = sorted(set(params) - set(routes))
+        if unknown:
+            raise ValueError(f"parameters for destinations not queued: {', '.join(unknown)}")
         now = time.time()
         with self._transaction() as db:
             for path, header in headers.items():
@@ -103,10 +154,12 @@ class Outbox:
                     (str(path), report_id, json.dumps(header.as_dict())),
                 )
             for destination, path in routes.items():
+                given = params.get(destination)
                 db.execute(
-                    "INSERT INTO delivery (report_id, destination, sealed_path, state, queued_at, updated_at)"
-                    " VALUES (?, ?, ?, 'pending', ?, ?)",
-                    (report_id, destination, str(path), now, now),
+                    "INSERT INTO delivery"
+                    " (report_id, destination, sealed_path, state, queued_at, updated_at, params)"
+                    " VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                    (report_id, destination, str(path), now, now, json.dumps(dict(given)) if given else None),
                 )
             audit.append(db, "queued", report_id=report_id, destinations=sorted(routes))
         log.info("report %s queued for %s", report_id, ", ".join(sorted(routes)))
@@ -144,13 +197,18 @@ class Outbox:
 
     def deliveries(self, *, states: tuple[str, ...] | None = None) -> list[Delivery]:
         query = "SELECT report_id, destination, sealed_path, state, attempts, next_attempt, receipt,"
-        query += " last_error, queued_at FROM delivery"
+        query += " last_error, queued_at, params FROM delivery"
         params: tuple[str, ...] = ()
         if states:
             query += f" WHERE state IN ({','.join('?' * len(states))})"
             params = states
         rows = self._db.execute(query + " ORDER BY queued_at, report_id, destination", params).fetchall()
-        return [Delivery(r[0], r[1], Path(r[2]) if r[2] else None, *r[3:]) for r in rows]
+        return [
+            Delivery(
+                r[0], r[1], Path(r[2]) if r[2] else None, *r[3:9], params=json.loads(r[9]) if r[9] else {}
+            )
+            for r in rows
+        ]
 
     def due(self, now: float | None = None) -> list[Delivery]:
         now = time.time() if now is None else now
