@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kiosk.destinations.registry import TYPE_NAMES, DestinationConfig
 from kiosk.hardware.camera import CameraConfig
 from kiosk.hardware.gpio import GpioConfig
+from kiosk.patient_lookup import PatientLookupConfig
 from kiosk.scan.payload import ScanRule
 
 DEFAULT_CONFIG_PATHS = (Path("/boot/firmware/kiosk.toml"), Path("/etc/kiosk/kiosk.toml"))
@@ -75,6 +76,7 @@ class Config(_Section):
     camera: CameraConfig = Field(default_factory=CameraConfig)
     gpio: GpioConfig | None = None
     ui: UiConfig = Field(default_factory=UiConfig)
+    patient_lookup: PatientLookupConfig | None = None  # off unless the section is there
     staff: list[StaffMember] = Field(default_factory=list)
     scan_rule: list[ScanRule] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)

@@ -86,6 +86,7 @@ class Session:
         self._clock = clock
         self.last_activity = clock()
         self.version = 0  # bumped on every photo change, so pages can long-poll for it
+        self.next_step_requests = 0  # second-button presses the photos screen acts on (runtime)
         self.changed = threading.Condition()
         self.wiped: str | None = None
         self._photo_seq = 0

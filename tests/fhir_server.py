@@ -10,7 +10,8 @@ It speaks the parts of the FHIR RESTful API a kiosk uses, with the spec's semant
   several 412) are rewritten to ``Type/id`` everywhere in the bundle, as the transaction rules require;
 - a ``transaction-response`` Bundle with ``response.status`` and ``location`` per entry;
 - ``GET /<Type>/<id>`` and ``GET /<Type>?identifier=[system|]value`` (searchset Bundle with total);
-- optional bearer or basic authentication, a request log, and injected failures for tests.
+- optional bearer or basic authentication, a request log, and injected failures for tests: error statuses
+  (``fail_with``) and raw answers that are not FHIR at all (``raw_replies``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class FhirServer:
         self.versions: dict[tuple[str, str], int] = {}
         self.requests: list[dict[str, Any]] = []  # method, path, headers of every request
         self.fail_with: list[int] = []  # statuses to answer the next requests with, then normal again
+        self.raw_replies: list[tuple[int, str, bytes]] = []  # (status, content type, body) for the next ones
         self.lock = threading.Lock()
         self.url = ""
 
@@ -202,6 +204,9 @@ class FhirServer:
     def handle(self, request: Request) -> Response:
         if self.fail_with:
             return outcome(self.fail_with.pop(0), "exception", "injected failure")
+        if self.raw_replies:
+            status, content_type, body = self.raw_replies.pop(0)
+            return Response(body, status=status, content_type=content_type)
         if not self._authorised(request):
             return outcome(401, "login", "authentication required")
         parts = [p for p in request.path.split("/") if p]

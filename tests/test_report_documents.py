@@ -156,7 +156,7 @@ def test_xml_shape() -> None:
     report = sample_report(photo_count=2, staff=Staff(id="RN-1"))
     root = ET.fromstring(report_xml(report))
     ns = "{urn:clinical-photo-kiosk:report:1}"
-    assert root.tag == ns + "report" and root.get("schemaVersion") == "1.0"
+    assert root.tag == ns + "report" and root.get("schemaVersion") == "1.1"
     assert [e.tag for e in root.find(ns + "photos")] == [ns + "photo"] * 2
     assert root.find(f"{ns}staff/{ns}name") is None  # None is omitted
     assert root.find(f"{ns}consent/{ns}purposes/{ns}clinical_care").text == "true"
@@ -194,7 +194,7 @@ _VALID_XML = report_xml(sample_report()).decode()
         ('<!DOCTYPE r [<!ENTITY a "aaaa">]>' + _VALID_XML.split("?>", 1)[1], "DOCTYPE"),
         ('<!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]>' + _VALID_XML.split("?>", 1)[1], "DOCTYPE"),
         (_VALID_XML.replace("urn:clinical-photo-kiosk:report:1", "urn:other"), "version"),
-        (_VALID_XML.replace('schemaVersion="1.0"', 'schemaVersion="2.0"'), "version"),
+        (_VALID_XML.replace('schemaVersion="1.1"', 'schemaVersion="2.0"'), "version"),
         (_VALID_XML.replace("<width>640</width>", "<width>6_40</width>"), "integer"),
         (_VALID_XML.replace("<research>false</research>", "<research>no</research>"), "boolean"),
         (_VALID_XML.replace("<mrn>", "<mrn><b/>"), "child"),
@@ -388,3 +388,34 @@ def test_pdf_peak_rss_growth_is_bounded(tmp_path: Path, big_jpeg: bytes) -> None
     )
     growth = int(probe.stdout)
     assert growth < 64 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+
+
+# --- versions -----------------------------------------------------------------------------------------------
+
+
+def test_a_1_0_document_is_still_read_and_valid() -> None:
+    # 1.1 only added the optional patient.confirmed_from: a 1.0 report (valid against the 1.0 schema that
+    # stays in the package) still reads back from XML.
+    document = json.loads(report_json(sample_report()))
+    document["schema_version"] = "1.0"
+    document["patient"].pop("confirmed_from", None)
+    old_schema = json.loads((document_module_path() / "report-1.0.schema.json").read_text())
+    jsonschema.validate(document, old_schema)
+    xml = report_xml(sample_report()).decode().replace('schemaVersion="1.1"', 'schemaVersion="1.0"')
+    assert xml_to_dict(xml.encode())["patient"] == json.loads(report_json(sample_report()))["patient"]
+
+
+def test_a_1_1_field_is_refused_by_the_1_0_schema() -> None:
+    # Why the version moved: 1.0 consumers validate with additionalProperties false.
+    report = sample_report(
+        patient=Patient(mrn="M1", birth_date="1980-01-01", confirmed_by="birth_date", confirmed_from="fhir")
+    )
+    document = json.loads(report_json(report))
+    old_schema = json.loads((document_module_path() / "report-1.0.schema.json").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, old_schema)
+    validate(document)
+
+
+def document_module_path() -> Path:
+    return document.SCHEMA_PATH.parent

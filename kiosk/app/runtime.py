@@ -343,14 +343,34 @@ class StationRuntime:
                 if session is not None:  # holding the button or pedal: the same wipe as Cancel on screen
                     self.sessions.end(session, "cancelled", via="button-hold")
                 continue
+            if event.kind is EventKind.SECOND:
+                if session is not None:
+                    self.second_button(session)
+                continue
             if event.kind is not EventKind.CAPTURE:
-                continue  # the second button has no action on these screens yet
+                continue
             if session is None or not session.may_capture:
                 continue  # no photo before the patient is confirmed and consent recorded
             try:
                 self.capture(session, event.at)
             except Exception:  # the loop must survive anything one capture does
                 log.exception("capture failed")
+
+    def second_button(self, session: Session) -> bool:
+        """The second button (or pedal) means "done taking photos": the photos screen moves on to review.
+
+        Only with a photo to review, and nowhere else: identifying the patient, recording consent and
+        Send each need a person reading the screen, so a press there does nothing. The press arrives here
+        after any capture queued before it (one thread takes both), so the last photo is already in.
+        The request is a counter on the session: the photos page acts on a rise it sees in its long poll,
+        and a page rendered later starts from the new value, so a stale press never moves anyone on.
+        """
+        if not session.may_capture or not any(p.state == "ready" for p in session.photos):
+            return False
+        session.touch()
+        session.next_step_requests += 1
+        session.bump()
+        return True
 
     def capture(self, session: Session, pressed_at: float | None = None) -> CapturedPhoto | None:
         camera = self.camera

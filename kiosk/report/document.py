@@ -2,7 +2,7 @@
 
 XML mapping, mechanical so that ``xml_to_dict`` can invert it with the JSON Schema's help:
 
-* root ``<report xmlns="urn:clinical-photo-kiosk:report:1" schemaVersion="1.0">``;
+* root ``<report xmlns="urn:clinical-photo-kiosk:report:1" schemaVersion="1.1">`` (1.0 is still read);
 * a dict key becomes a child element of that name;
 * a list named ``<things>`` holds one ``<thing>`` element per item (the key minus its final "s");
 * ``None`` omits the element; booleans are ``true``/``false``; integers and strings are their text, with
@@ -21,8 +21,10 @@ from typing import Any
 from kiosk.report.model import SCHEMA_VERSION, Report
 
 NAMESPACE = "urn:clinical-photo-kiosk:report:1"
-SCHEMA_ID = "urn:clinical-photo-kiosk:report:1.0"
-SCHEMA_PATH = Path(__file__).parent / "schema" / "report-1.0.schema.json"
+SCHEMA_ID = f"urn:clinical-photo-kiosk:report:{SCHEMA_VERSION}"
+SCHEMA_PATH = Path(__file__).parent / "schema" / f"report-{SCHEMA_VERSION}.schema.json"
+# Versions this code reads: a minor version only adds optional fields, so older documents stay valid.
+READABLE_VERSIONS = ("1.0", "1.1")
 
 _NS = "{" + NAMESPACE + "}"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
@@ -85,8 +87,8 @@ def xml_to_dict(xml: bytes) -> dict[str, Any]:
     # The stdlib parser (expat) never fetches external entities or DTDs; refusing any DOCTYPE also rules
     # out internal entity expansion ("billion laughs"), so defusedxml is not needed.
     root = ET.fromstring(xml, parser=ET.XMLParser(target=_NoDoctype()))  # noqa: S314 (see above)
-    if root.tag != _NS + "report" or root.get("schemaVersion") != SCHEMA_VERSION:
-        raise ValueError(f"not a version {SCHEMA_VERSION} report: {root.tag} {root.attrib}")
+    if root.tag != _NS + "report" or root.get("schemaVersion") not in READABLE_VERSIONS:
+        raise ValueError(f"not a report of version {'/'.join(READABLE_VERSIONS)}: {root.tag} {root.attrib}")
     document_schema = schema()
     return _read(root, document_schema, document_schema)
 

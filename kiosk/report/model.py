@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added patient.confirmed_from (report-1.0.schema.json stays shipped)
 
 # XML 1.0 cannot carry C0 controls (other than tab, newline, carriage return), lone surrogates or the
 # noncharacters U+FFFE/U+FFFF. Refusing them at the model keeps JSON, XML and PDF in agreement, and no
@@ -69,6 +69,10 @@ class Patient(_Model):
     barcode_format: Text | None = Field(default=None, description="Symbology when scanned, e.g. DataMatrix")
     confirmed_by: Literal["name", "birth_date"] | None = Field(
         default=None, description="Second identifier the staff member confirmed"
+    )
+    confirmed_from: Literal["payload", "fhir", "typed"] | None = Field(
+        default=None,
+        description="Where that identifier came from: the wristband, a FHIR Patient lookup, or typed",
     )
 
 
@@ -135,7 +139,7 @@ class Photo(_Model):
 
 
 class Report(_Model):
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: Literal["1.1"] = SCHEMA_VERSION
     report_id: str = Field(default_factory=new_report_id, pattern="^[0-9a-f-]{36}$")
     created_at: datetime = Field(default_factory=utc_now)
     station: Station

@@ -265,6 +265,9 @@ def _show(value: object) -> str:
     return str(value)
 
 
+_CONFIRMED_FROM = {"payload": "from the wristband", "fhir": "from the FHIR record", "typed": "typed"}
+
+
 def _enum(value: str | None) -> str:
     return _MISSING if value is None else value.replace("_", " ")
 
@@ -280,6 +283,9 @@ def _summary(report: Report, styles: dict[str, _Style]) -> list[Flowable]:
         return [Spacer(0, 4 * mm), _Text(text, styles["heading"]), Spacer(0, 1.5 * mm)]
 
     identified = _enum(patient.id_source) + (f" ({patient.barcode_format})" if patient.barcode_format else "")
+    confirmed = _enum(patient.confirmed_by)
+    if patient.confirmed_by and patient.confirmed_from:
+        confirmed += f" ({_CONFIRMED_FROM[patient.confirmed_from]})"
     story: list[Flowable] = [_Text("Wound photo report", styles["title"]), Spacer(0, 3 * mm)]
     story += fields(
         ("Report ID", report.report_id),
@@ -297,7 +303,7 @@ def _summary(report: Report, styles: dict[str, _Style]) -> list[Flowable]:
         ("Name", patient.name),
         ("Birth date", patient.birth_date),
         ("Identified by", identified),
-        ("Confirmed by", _enum(patient.confirmed_by)),
+        ("Confirmed by", confirmed),
     )
     story += heading("Consent")
     story += fields(

@@ -114,7 +114,11 @@
   const scanMessage = document.getElementById("scan-message");
   function handleScan(j) {
     if (!j) return false;
-    if (j.redirect) { location.assign(j.redirect); return true; }
+    if (j.redirect) {
+      if (j.status) show(scanMessage, j.status, false);  // e.g. the next page looks the patient up first
+      location.assign(j.redirect);
+      return true;
+    }
     if (j.message) show(scanMessage, j.message, true);
     else if (j.error) show(scanMessage, j.error, true);
     return false;
@@ -173,6 +177,9 @@
     const viewer = document.getElementById("viewer");
     const captureError = document.getElementById("capture-error");
     const shoot = document.getElementById("shoot");
+    // the second GPIO button ("done taking photos") raises the strip's data-next; this page goes on to
+    // review when it rises above what the page was rendered with (kiosk/app/runtime.py second_button)
+    const nextAtLoad = parseInt(strip.dataset.next || "0", 10);
     shoot.addEventListener("click", () => {
       postJson("/capture/shoot");
       viewer.classList.remove("flash");
@@ -180,6 +187,10 @@
       viewer.classList.add("flash");
     });
     const update = (fresh) => {
+      if (parseInt(fresh.dataset.next || "0", 10) > nextAtLoad && fresh.dataset.count !== "0") {
+        location.assign(next.href);
+        return;
+      }
       strip.replaceWith(fresh);
       strip = fresh;
       next.classList.toggle("hidden", fresh.dataset.count === "0");
