@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.app.conftest import Station, sign_in_with_pin
 
 
-def test_tapping_confirm_with_the_keyboard_open_submits(page: Page, station: Station) -> None:
-    # Closing the keyboard shrinks the page; if it closed on pointerdown, Confirm moved away before the
-    # pointerup and the nurse's tap did nothing.
+def open_name_keyboard(page: Page) -> Locator:
+    """The 'type the patient's name' screen with its on-screen keyboard up."""
     sign_in_with_pin(page)
     page.get_by_test_id("type-number").click()
     page.get_by_test_id("mrn").fill("MRN0077777")
@@ -18,6 +17,13 @@ def test_tapping_confirm_with_the_keyboard_open_submits(page: Page, station: Sta
     keyboard = page.get_by_test_id("osk")
     page.get_by_test_id("typed-name").click()
     expect(keyboard).to_be_visible()
+    return keyboard
+
+
+def test_tapping_confirm_with_the_keyboard_open_submits(page: Page, station: Station) -> None:
+    # Closing the keyboard shrinks the page; if it closed on pointerdown, Confirm moved away before the
+    # pointerup and the nurse's tap did nothing.
+    keyboard = open_name_keyboard(page)
     for key in "ana":
         keyboard.locator(f'button[data-key="{key}"]').click()
     expect(page.get_by_test_id("typed-name")).to_have_value("ana")
@@ -30,14 +36,7 @@ def test_tapping_confirm_with_the_keyboard_open_submits(page: Page, station: Sta
 
 
 def test_tapping_outside_closes_the_keyboard(page: Page, station: Station) -> None:
-    sign_in_with_pin(page)
-    page.get_by_test_id("type-number").click()
-    page.get_by_test_id("mrn").fill("MRN0077777")
-    page.get_by_test_id("mrn-submit").click()
-    page.get_by_test_id("type-name").click()
-    keyboard = page.get_by_test_id("osk")
-    page.get_by_test_id("typed-name").click()
-    expect(keyboard).to_be_visible()
+    keyboard = open_name_keyboard(page)
     page.locator("h1").first.click()
     expect(keyboard).to_be_hidden()
     expect(page.get_by_test_id("name-submit")).to_be_visible()
