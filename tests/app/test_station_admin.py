@@ -4,7 +4,6 @@ real key server's inbox (`keyserver serve` as a process) after enrolling the sta
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,10 @@ from tests.app.conftest import (
     type_patient,
     verbal_consent,
 )
+from tests.net import free_port
 
 _SCRIPT = Path(sys.executable).parent / "keyserver"
 KEYSERVER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "keyserver"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -55,7 +49,7 @@ def keyserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyServer | 
     except ImportError as exc:  # pragma: no cover - the key server package is part of this repository
         pytest.skip(f"key server package not importable: {exc}")
     root = tmp_path_factory.mktemp("keyserver")
-    port = _free_port()
+    port = free_port()
     info = keyserver_demo.prepare(root, port=port)
     engine = db.engine_for(load_config(Path(info["config_path"])))
     with db.write(engine) as conn:

@@ -46,6 +46,7 @@ from kiosk.report.model import Patient, Report
 from kiosk.sealing import envelope, passphrase
 from kiosk.sealing.sealed_file import EXTENSION, EnvelopeSealer, PassphraseSealer, write_sealed
 from tests.factories import sample_report
+from tests.net import free_port  # noqa: F401 (re-exported: destination tests import it from here)
 
 # Distinctive identifiers, so "no patient data leaked" checks cannot pass by accident.
 PATIENT_MRN = "MRN-DEST-77310"
@@ -163,13 +164,6 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     store = Outbox(tmp_path / "data")
     yield store
     store.close()
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for servers the test starts, or for "server is down")."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from kiosk.destinations.email import EmailConfig
 from kiosk.outbox import sender
 from kiosk.outbox.store import Outbox
 from kiosk.sealing.sealed_file import MEDIA_TYPE
+from tests import smtp_server
 from tests.destinations.conftest import (
     KEY_SERVER_URL,
     PATIENT_MRN,
@@ -40,29 +39,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiri
 LOGIN, PASSWORD = "kiosk@clinic.test", "smtp-pw-51e0c2"
 
 
-@dataclass
-class Mailbox:
-    """An aiosmtpd handler keeping every accepted message in memory."""
+class Mailbox(smtp_server.Mailbox):
+    """The shared test mailbox, read here as (mail_from, rcpt_tos, raw) tuples or by Message-ID."""
 
-    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address.startswith("nobody@"):
-            return "550 5.1.1 no such mailbox"
-        if address.startswith("busy@"):
-            return "451 4.3.0 mailbox busy, try later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or b""))
-        return "250 2.0.0 queued"
+    @property
+    def messages(self) -> list[tuple[str, list[str], bytes]]:
+        return [(r.mail_from, r.rcpt_tos, r.raw) for r in self.received]
 
     def with_id(self, message_id: str) -> list[EmailMessage]:
-        parsed = [email.message_from_bytes(raw, policy=email.policy.default) for _, _, raw in self.messages]
-        return [m for m in parsed if m["Message-ID"] == message_id]  # type: ignore[misc]
+        return [r.message for r in self.received if r.message["Message-ID"] == message_id]
 
 
 def _authenticate(
