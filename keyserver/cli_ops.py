@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -125,45 +125,78 @@ def decrypt_cmd(sealed_file: str, out_dir: str, url: str, token_file: str) -> No
         click.echo(str(path))
 
 
+def _when(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @click.command("audit")
 @click.argument("station_id")
-@click.option("--verify", is_flag=True, help="Recompute the station's chain instead of listing it.")
+@click.option("--chain", help="Only this chain: its id or a unique prefix (at least 8 hex digits).")
+@click.option("--verify", is_flag=True, help="Recompute the station's chains instead of listing them.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (details as the JSON text hashed).")
 @click.option("--after", type=int, default=0, show_default=True, help="Only records after this seq.")
 @pass_ctx
-def station_audit_cmd(c: Context, station_id: str, verify: bool, as_json: bool, after: int) -> None:
-    """The audit trail a station shipped (sign-in, scan, send, wipe...; never patient data)."""
-    from keyserver import station_audit  # imports the web app's modules: only when needed
+def station_audit_cmd(
+    c: Context, station_id: str, chain: str | None, verify: bool, as_json: bool, after: int
+) -> None:
+    """The audit trail a station shipped (sign-in, scan, send, wipe...; never patient data).
 
+    One chain per installation of the station (a reinstall on a fresh card starts a new one), oldest
+    first; --verify checks every chain.
+    """
+    from keyserver import station_trails
+
+    listing: list[dict[str, Any]] = []
     with db.read(c.engine()) as conn:
-        if not station_audit.known_station(conn, station_id):
+        if not station_trails.known_station(conn, station_id):
             raise click.ClickException(f"no station {station_id}")
         if verify:
-            result = station_audit.verify(conn, station_id)
+            result = station_trails.verify(conn, station_id)
         else:
-            records, last = [], after
-            while page := station_audit.query(conn, station_id, after=last, limit=1000):
-                records += page
-                last = page[-1]["seq"]
+            chains = station_trails.chains(conn, station_id)
+            if chain is not None:
+                chains = [i for i in chains if len(chain) >= 8 and i["chain"].startswith(chain.lower())]
+                if len(chains) != 1:
+                    raise click.ClickException(f"no single chain {chain} for station {station_id}")
+            for info in chains:
+                records, last = [], after
+                while page := station_trails.query(conn, station_id, info["chain"], after=last, limit=1000):
+                    records += page
+                    last = page[-1]["seq"]
+                listing.append({**info, "records": records, "count": info["records"]})
     if verify:
-        if as_json:
-            click.echo(json.dumps(result, indent=1))
-        for problem in result["problems"]:
-            click.echo(f"BROKEN: {problem}", err=True)
-        if not result["ok"]:
-            raise click.ClickException(f"the audit chain of station {station_id} does not verify")
-        if not as_json:
-            click.echo(f"{result['records']} records, head seq {result['head_seq']} {result['head_hash']}")
-            click.echo("station audit chain intact")
-        return
+        _print_verify(station_id, result, as_json)
+    elif as_json:
+        chains_out = [
+            {"chain": i["chain"], "last_seq": i["last_seq"], "records": i["records"]} for i in listing
+        ]
+        click.echo(json.dumps({"station_id": station_id, "chains": chains_out}, indent=1))
+    else:
+        for info in listing:
+            span = f"seq {info['first_seq']}-{info['last_seq']}, {info['count']} records"
+            received = f"{info['first_received_at'][:19]}Z to {info['last_received_at'][:19]}Z"
+            click.echo(f"chain {info['chain']}: {span}, received {received}")
+            for r in info["records"]:
+                click.echo(
+                    f"{r['seq']:6} {_when(r['at'])} {r['event']:28} {r['report_id'] or '-':36} "
+                    f"{r['actor']:12} {r['details']}"
+                )
+
+
+def _print_verify(station_id: str, result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"station_id": station_id, "records": records}, indent=1))
-        return
-    for r in records:
-        when = dt.datetime.fromtimestamp(r["at"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        click.echo(
-            f"{r['seq']:6} {when} {r['event']:28} {r['report_id'] or '-':36} {r['actor']:12} {r['details']}"
-        )
+        click.echo(json.dumps(result, indent=1))
+    else:
+        for r in result["chains"]:
+            state = "intact" if r["ok"] else "BROKEN"
+            head = f"head seq {r['head_seq']} {r['head_hash']}"
+            click.echo(f"chain {r['chain']}: {r['records']} records, {head}: {state}")
+    for problem in result["problems"]:
+        click.echo(f"BROKEN: {problem}", err=True)
+    if not result["ok"]:
+        raise click.ClickException(f"the audit trail of station {station_id} does not verify")
+    if not as_json:
+        click.echo(f"station audit trail intact ({len(result['chains'])} chain(s))")
 
 
 def register(main: click.Group) -> None:

@@ -183,12 +183,14 @@ audit_head = Table(
 
 # The stations' own hash-chained audit trails (kiosk/audit.py), shipped by each station: sign-in, scan,
 # capture, send, wipe, admin actions; never patient data. Each row is stored exactly as the station hashed
-# it, so `station_audit.verify` recomputes the station's own hashes. No foreign key to `stations`: an audit
-# trail outlives anything that happens to the station's row.
+# it, so `station_trails.verify` recomputes the station's own hashes. A station has one chain per
+# installation (a reinstall on a fresh card starts a new one), named by the hash of its seq-1 record. No
+# foreign key to `stations`: an audit trail outlives anything that happens to the station's row.
 station_audit = Table(
     "station_audit",
     metadata,
     Column("station_id", String(64), primary_key=True),
+    Column("chain", String(64), primary_key=True),  # hash of the chain's seq-1 record
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("at", Double, nullable=False),  # the station's Unix time; hashed as repr(float), so exact
     Column("event", String(64), nullable=False),

@@ -68,7 +68,8 @@ ENDPOINTS: list[tuple[str, str, str, list[str], str | None, str]] = [
     (
         "post",
         "/v1/stations/audit",
-        "Ship the station's own audit records (station; an empty list asks for the stored head)",
+        "Ship records of one of the station's own audit chains (station; an empty list asks for the "
+        "stored head of that chain)",
         ["station"],
         "StationAudit",
         "200",
@@ -76,7 +77,15 @@ ENDPOINTS: list[tuple[str, str, str, list[str], str | None, str]] = [
     (
         "get",
         "/v1/stations/{station_id}/audit",
-        "A station's shipped audit records, ?after=&limit= (auditor, admin)",
+        "One of a station's shipped audit chains, ?chain=&after=&limit= (auditor, admin)",
+        ["user", "session"],
+        None,
+        "200",
+    ),
+    (
+        "get",
+        "/v1/stations/{station_id}/audit/chains",
+        "A station's shipped audit chains, one per installation (auditor, admin)",
         ["user", "session"],
         None,
         "200",
@@ -84,7 +93,7 @@ ENDPOINTS: list[tuple[str, str, str, list[str], str | None, str]] = [
     (
         "get",
         "/v1/stations/{station_id}/audit/verify",
-        "Verify a station's shipped audit chain (auditor, admin)",
+        "Verify every shipped audit chain of a station (auditor, admin)",
         ["user", "session"],
         None,
         "200",
@@ -99,6 +108,7 @@ ENDPOINTS: list[tuple[str, str, str, list[str], str | None, str]] = [
     ),
 ]
 
+_HEX64 = "^[0-9a-f]{64}$"
 _HEADER = {"type": "object", "description": "The SealedHeader of the .cpseal file (package.json header)"}
 SCHEMAS: dict[str, Any] = {
     "Enroll": {
@@ -122,29 +132,134 @@ SCHEMAS: dict[str, Any] = {
     },
     "StationAudit": {
         "type": "object",
-        "required": ["records"],
+        "required": ["chain", "records"],
         "additionalProperties": False,
         "properties": {
+            "chain": {
+                "type": "string",
+                "pattern": _HEX64,
+                "description": "the chain's id: the hash of its seq-1 record (one chain per installation; "
+                "a chain the server does not hold starts with seq 1)",
+            },
             "records": {
                 "type": "array",
                 "maxItems": 1000,
                 "description": "consecutive records continuing the chain stored for this station",
+                "items": {"$ref": "#/components/schemas/StationAuditRecord"},
+            },
+        },
+    },
+    "StationAuditRecord": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["seq", "at", "event", "report_id", "actor", "details", "prev_hash", "hash"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1},
+            "at": {"type": "number", "description": "Unix time (the station's clock)"},
+            "event": {"type": "string", "maxLength": 64},
+            "report_id": {"type": ["string", "null"], "maxLength": 64},
+            "actor": {"type": "string", "maxLength": 128},
+            "details": {"type": "string", "description": "JSON text exactly as hashed"},
+            "prev_hash": {"type": "string", "pattern": _HEX64},
+            "hash": {"type": "string", "pattern": _HEX64},
+            "received_at": {"type": "string", "format": "date-time", "description": "in answers only"},
+        },
+    },
+    "StationAuditHead": {
+        "type": "object",
+        "required": ["chain", "accepted", "last_seq", "last_hash"],
+        "additionalProperties": False,
+        "properties": {
+            "chain": {"type": "string"},
+            "accepted": {"type": "integer", "description": "records newly stored by this request"},
+            "last_seq": {"type": "integer", "description": "0: the server holds none of this chain"},
+            "last_hash": {"type": "string"},
+        },
+    },
+    "StationAuditPage": {
+        "type": "object",
+        "required": ["station_id", "chain", "last_seq", "records"],
+        "additionalProperties": False,
+        "properties": {
+            "station_id": {"type": "string"},
+            "chain": {"type": ["string", "null"], "description": "null: the station has shipped nothing"},
+            "last_seq": {"type": "integer"},
+            "records": {"type": "array", "items": {"$ref": "#/components/schemas/StationAuditRecord"}},
+        },
+    },
+    "StationAuditChains": {
+        "type": "object",
+        "required": ["station_id", "chains"],
+        "additionalProperties": False,
+        "properties": {
+            "station_id": {"type": "string"},
+            "chains": {
+                "type": "array",
+                "description": "oldest installation first",
                 "items": {
                     "type": "object",
                     "additionalProperties": False,
-                    "required": ["seq", "at", "event", "report_id", "actor", "details", "prev_hash", "hash"],
+                    "required": [
+                        "chain",
+                        "first_seq",
+                        "last_seq",
+                        "records",
+                        "first_at",
+                        "last_at",
+                        "first_received_at",
+                        "last_received_at",
+                    ],
                     "properties": {
-                        "seq": {"type": "integer", "minimum": 1},
-                        "at": {"type": "number", "description": "Unix time (the station's clock)"},
-                        "event": {"type": "string", "maxLength": 64},
-                        "report_id": {"type": ["string", "null"], "maxLength": 64},
-                        "actor": {"type": "string", "maxLength": 128},
-                        "details": {"type": "string", "description": "JSON text exactly as hashed"},
-                        "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                        "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "chain": {"type": "string"},
+                        "first_seq": {"type": "integer"},
+                        "last_seq": {"type": "integer"},
+                        "records": {"type": "integer"},
+                        "first_at": {"type": "number", "description": "station clock, Unix time"},
+                        "last_at": {"type": "number"},
+                        "first_received_at": {"type": "string", "format": "date-time"},
+                        "last_received_at": {"type": "string", "format": "date-time"},
                     },
                 },
-            }
+            },
+        },
+    },
+    "StationAuditVerify": {
+        "type": "object",
+        "required": ["station_id", "ok", "records", "chains", "problems"],
+        "additionalProperties": False,
+        "properties": {
+            "station_id": {"type": "string"},
+            "ok": {"type": "boolean"},
+            "records": {"type": "integer"},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "chains": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "chain",
+                        "ok",
+                        "records",
+                        "head_seq",
+                        "head_hash",
+                        "anchored_seq",
+                        "problems",
+                    ],
+                    "properties": {
+                        "chain": {"type": "string"},
+                        "ok": {"type": "boolean"},
+                        "records": {"type": "integer"},
+                        "head_seq": {"type": "integer"},
+                        "head_hash": {"type": "string"},
+                        "anchored_seq": {
+                            "type": "integer",
+                            "description": "head named by the key server's newest station.audit record",
+                        },
+                        "problems": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
         },
     },
     "Error": {
@@ -152,6 +267,50 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error", "message"],
         "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
     },
+}
+
+
+def _json(schema: str, description: str = "success") -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _query(name: str, description: str, kind: str = "integer") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": kind},
+    }
+
+
+# Responses beyond "success" and "4XX", and query parameters, per (method, path).
+RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/v1/stations/enroll"): {
+        "429": {
+            "description": "throttled: too many failed enrollments from this address or overall "
+            "(`error` is `throttled`, even for a right code); audited",
+            "headers": {
+                "Retry-After": {
+                    "description": "seconds until the throttling window ends",
+                    "schema": {"type": "integer"},
+                }
+            },
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    },
+    ("post", "/v1/stations/audit"): {"200": _json("StationAuditHead")},
+    ("get", "/v1/stations/{station_id}/audit"): {"200": _json("StationAuditPage")},
+    ("get", "/v1/stations/{station_id}/audit/chains"): {"200": _json("StationAuditChains")},
+    ("get", "/v1/stations/{station_id}/audit/verify"): {"200": _json("StationAuditVerify")},
+}
+QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/v1/stations/{station_id}/audit"): [
+        _query("chain", "chain id (default: the station's newest installation)", "string"),
+        _query("after", "only records after this seq (default 0)"),
+        _query("limit", "at most this many records (default 200, at most 1000)"),
+    ],
 }
 
 
@@ -169,11 +328,13 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                 },
             },
         }
+        op["responses"].update(RESPONSES.get((method, path), {}))
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-        if params:
-            op["parameters"] = [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in params
-            ]
+        parameters = [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in params
+        ] + QUERY.get((method, path), [])
+        if parameters:
+            op["parameters"] = parameters
         if schema == "SealedFile":
             op["requestBody"] = {"required": True, "content": {"application/octet-stream": {}}}
         elif schema:

@@ -1,4 +1,5 @@
-"""HTML pages: login (+TOTP), inbox, report (decrypted in the browser), open-a-file, admin, audit.
+"""HTML pages: login (+TOTP), inbox, report (decrypted in the browser), open-a-file, admin, audit
+(and station trails).
 
 Pages hold no plaintext: the report page fetches the sealed file and the data key, and decrypts with
 WebCrypto in the browser. Forms carry the session's CSRF token; the login form a double-submit cookie.
@@ -13,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
 
-from keyserver import audit, db, inbox, reports, sessions, stations, users
+from keyserver import audit, db, inbox, reports, sessions, station_trails, stations, users
 from keyserver.app import PRE_CSRF_COOKIE, SESSION_COOKIE, client_ip, state
 from keyserver.reports import Denied
 
@@ -348,3 +349,16 @@ def audit_page() -> Response:
         )
         result = audit.verify(conn)
     return _render("audit.html", records=records, verify=result, filters=args)
+
+
+@pages.get("/audit/stations")
+def station_audit_page() -> Response:
+    """Read-only: every station's shipped chains; a chosen chain's newest records and the station's verify."""
+    if (redirect_to := _need("admin", "auditor")) is not None:
+        return redirect_to
+    station_id, chain = request.args.get("station") or None, request.args.get("chain") or None
+    with db.read(state().engine) as conn:
+        context = station_trails.page_context(conn, station_id, chain)
+    if context is None:
+        raise Denied(404, "not_found", "no such station or chain")
+    return _render("station_audit.html", **context)

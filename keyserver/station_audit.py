@@ -1,15 +1,20 @@
 """The stations' own audit trails, shipped to the key server and kept next to its own audit log.
 
 A station hash-chains its events (sign-in, scan, capture, send, wipe, admin actions; never patient data) in
-its outbox database (kiosk/audit.py) and ships them here (kiosk/audit_shipping.py). The server recomputes
-every hash with the station's own function and accepts a batch only if it continues the chain already
-stored for that station, so the copy here is the station's chain, byte for byte. A batch is all or
-nothing: a tampered record, a gap or a fork stores nothing and is audited as a denial. Records already
+its outbox database (kiosk/audit.py) and ships them here (kiosk/audit_shipping.py) as
+`{"chain": <hash of its seq-1 record>, "records": [...]}`. A station reinstalled on a fresh card starts a
+new local chain, so it ships a new chain id: the key server stores it next to the old one (which stays
+intact and verifiable) and records the reinstall in its own log (`station.audit`, outcome `new_chain`).
+
+Within a chain the server recomputes every hash with the station's own function and accepts a batch only
+if it continues what it already holds, so its copy is the station's chain, byte for byte. A batch is all
+or nothing: a tampered record, a gap or a fork stores nothing and is audited as a denial. Records already
 stored with the same hash are skipped, so a retry after a lost response is harmless.
 
 Each accepted batch appends a `station.audit` record to the key server's own chain naming the station's
-new head (seq and hash): rewriting a station's stored trail consistently would also mean rewriting the
-key server's chain, and `verify` notices records cut from the end.
+chain and its new head (seq and hash): rewriting a station's stored trail consistently would also mean
+rewriting the key server's chain, and `station_trails.verify` notices records cut from the end. Reading
+and verifying: keyserver/station_trails.py.
 """
 
 from __future__ import annotations
@@ -23,16 +28,17 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import Connection, select
 
 from keyserver import audit, db
+from keyserver import station_trails as trails
 from keyserver.api import _audit_denial, _station_call, json_body
 from keyserver.app import require, state
-from keyserver.models import audit_log, station_audit, stations
+from keyserver.models import station_audit, stations
 from keyserver.reports import Denied
+from keyserver.station_trails import ACTION
 from kiosk import audit as station_chain
 
 MAX_BATCH = 1000
 MAX_DETAILS = 16_384  # characters of details JSON per record; station events are a few dozen
 QUERY_LIMIT = 1000
-ACTION = "station.audit"
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _LIMITS = {"event": 64, "report_id": 64, "actor": 128}
 
@@ -81,10 +87,19 @@ def _check_record(index: int, record: Any) -> dict[str, Any]:
     return checked
 
 
-def parse_batch(body: Any) -> list[dict[str, Any]]:
-    """`{"records": [...]}` → validated records, consecutive and chained among themselves."""
-    if not isinstance(body, dict) or set(body) != {"records"} or not isinstance(body["records"], list):
-        raise Denied(400, "malformed_request", 'expected {"records": [...]}')
+def parse_batch(body: Any) -> tuple[str, list[dict[str, Any]]]:
+    """`{"chain": ..., "records": [...]}` → (chain, validated records, consecutive and chained)."""
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"chain", "records"}
+        or not isinstance(body["records"], list)
+    ):
+        raise Denied(400, "malformed_request", 'expected {"chain": "<hash of seq 1>", "records": [...]}')
+    chain = body["chain"]
+    if not isinstance(chain, str) or not _HASH_RE.match(chain):
+        raise Denied(
+            400, "malformed_request", "chain is the hash of the chain's seq-1 record (64 hex digits)"
+        )
     if len(body["records"]) > MAX_BATCH:
         raise Denied(400, "malformed_request", f"at most {MAX_BATCH} records per request")
     records = [_check_record(i, r) for i, r in enumerate(body["records"])]
@@ -92,23 +107,20 @@ def parse_batch(body: Any) -> list[dict[str, Any]]:
         before, record = records[i - 1], records[i]
         if record["seq"] != before["seq"] + 1 or record["prev_hash"] != before["hash"]:
             raise _bad(i, record, "records must be consecutive, each following the one before it")
-    return records
+    if records and records[0]["seq"] == 1:
+        if records[0]["prev_hash"] != station_chain.GENESIS:
+            raise _bad(0, records[0], "a chain's seq 1 follows the all-zero hash")
+        if records[0]["hash"] != chain:
+            raise _bad(0, records[0], "the hash of seq 1 is not the stated chain id")
+    return chain, records
 
 
-def head(conn: Connection, station_id: str) -> tuple[int, str]:
-    """(seq, hash) of the station's newest stored record; (0, GENESIS) before the first."""
-    row = conn.execute(
-        select(station_audit.c.seq, station_audit.c.hash)
-        .where(station_audit.c.station_id == station_id)
-        .order_by(station_audit.c.seq.desc())
-        .limit(1)
-    ).first()
-    return (row.seq, row.hash) if row else (0, station_chain.GENESIS)
+def store(
+    conn: Connection, station_id: str, chain: str, records: list[dict[str, Any]]
+) -> tuple[int, int, str]:
+    """Store the records that continue the chain; returns (accepted, last seq, last hash).
 
-
-def store(conn: Connection, station_id: str, records: list[dict[str, Any]]) -> tuple[int, int, str]:
-    """Store the records that continue the station's chain; returns (accepted, last seq, last hash).
-
+    A chain not stored yet for this station starts here (from seq 1) and is audited as `new_chain`.
     Runs in the caller's write transaction; raises Denied (and the caller rolls back) on any conflict.
     """
     if conn.dialect.name != "sqlite":
@@ -117,14 +129,16 @@ def store(conn: Connection, station_id: str, records: list[dict[str, Any]]) -> t
         conn.execute(
             select(stations.c.station_id).where(stations.c.station_id == station_id).with_for_update()
         )
-    last_seq, last_hash = head(conn, station_id)
+    last_seq, last_hash = trails.head(conn, station_id, chain)
+    rows = station_audit.c
     known = [r for r in records if r["seq"] <= last_seq]
     if known:
         stored = dict(
             conn.execute(
-                select(station_audit.c.seq, station_audit.c.hash).where(
-                    station_audit.c.station_id == station_id,
-                    station_audit.c.seq.between(known[0]["seq"], known[-1]["seq"]),
+                select(rows.seq, rows.hash).where(
+                    rows.station_id == station_id,
+                    rows.chain == chain,
+                    rows.seq.between(known[0]["seq"], known[-1]["seq"]),
                 )
             ).all()
         )
@@ -133,158 +147,110 @@ def store(conn: Connection, station_id: str, records: list[dict[str, Any]]) -> t
                 raise Denied(
                     409,
                     "chain_conflict",
-                    f"record seq {record['seq']} differs from the one stored for this station",
+                    f"record seq {record['seq']} differs from the one stored for this chain",
                 )
     new = [r for r in records if r["seq"] > last_seq]
     if not new:
         return 0, last_seq, last_hash
     if new[0]["seq"] != last_seq + 1:
-        raise Denied(
-            409,
-            "chain_gap",
-            f"the key server has this station's records up to seq {last_seq}; send from seq {last_seq + 1}",
-        )
+        holds = f"this chain's records up to seq {last_seq}" if last_seq else "no record of this chain"
+        raise Denied(409, "chain_gap", f"the key server has {holds}; send from seq {last_seq + 1}")
     if new[0]["prev_hash"] != last_hash:
         raise Denied(
             409,
             "chain_conflict",
-            f"record seq {new[0]['seq']} does not follow the stored record seq {last_seq} "
-            "(a different chain)",
+            f"record seq {new[0]['seq']} does not follow the stored record seq {last_seq} (a forked chain)",
         )
+    details: dict[str, Any] = {"chain": chain}
+    starts = last_seq == 0
+    if starts:  # a new installation (or the station's first shipment): name the chain it follows
+        details["previous_chain"] = trails.current_chain(conn, station_id)
     received = db.utcnow()
     conn.execute(
-        station_audit.insert(), [{**r, "station_id": station_id, "received_at": received} for r in new]
+        station_audit.insert(),
+        [{**r, "station_id": station_id, "chain": chain, "received_at": received} for r in new],
     )
     last_seq, last_hash = new[-1]["seq"], new[-1]["hash"]
     audit.append(
         conn,
         actor=f"station:{station_id}",
         action=ACTION,
-        outcome="ok",
-        details={"accepted": len(new), "last_seq": last_seq, "head": last_hash},
+        outcome="new_chain" if starts else "ok",
+        details={**details, "accepted": len(new), "last_seq": last_seq, "head": last_hash},
     )
     return len(new), last_seq, last_hash
-
-
-def _public(row: Any) -> dict[str, Any]:
-    record = {f: row[f] for f in station_chain.FIELDS}
-    record["received_at"] = db.aware(row["received_at"]).isoformat()  # type: ignore[union-attr]
-    return record
-
-
-def query(conn: Connection, station_id: str, *, after: int = 0, limit: int = 200) -> list[dict[str, Any]]:
-    """Stored records after seq `after`, oldest first; `details` is the JSON text the station hashed."""
-    rows = conn.execute(
-        select(station_audit)
-        .where(station_audit.c.station_id == station_id, station_audit.c.seq > after)
-        .order_by(station_audit.c.seq)
-        .limit(limit)
-    ).mappings()
-    return [_public(r) for r in rows]
-
-
-def known_station(conn: Connection, station_id: str) -> bool:
-    enrolled = conn.execute(select(stations.c.station_id).where(stations.c.station_id == station_id)).first()
-    return enrolled is not None or head(conn, station_id)[0] > 0
-
-
-def _anchor(conn: Connection, station_id: str) -> tuple[int, int, str] | None:
-    """(key server audit seq, station seq, station hash) of the newest accepted batch, if any."""
-    row = conn.execute(
-        select(audit_log.c.seq, audit_log.c.details)
-        .where(
-            audit_log.c.actor == f"station:{station_id}",
-            audit_log.c.action == ACTION,
-            audit_log.c.outcome == "ok",
-        )
-        .order_by(audit_log.c.seq.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    details = json.loads(row.details)
-    return row.seq, int(details["last_seq"]), str(details["head"])
-
-
-def verify(conn: Connection, station_id: str, *, max_problems: int = 20) -> dict[str, Any]:
-    """Recompute the station's stored chain; also check it still reaches the head the server accepted."""
-    anchor = _anchor(conn, station_id)
-    problems: list[str] = []
-    expected_seq, prev, count, anchor_found = 1, station_chain.GENESIS, 0, False
-    rows = conn.execute(
-        select(station_audit).where(station_audit.c.station_id == station_id).order_by(station_audit.c.seq)
-    ).mappings()
-    for row in rows:
-        count += 1
-        seq = row["seq"]
-        if seq != expected_seq:
-            problems.append(f"seq {seq}: expected seq {expected_seq} (records deleted or inserted)")
-        if row["prev_hash"] != prev:
-            problems.append(f"seq {seq}: prev_hash does not match the previous record")
-        if station_chain.digest(*(row[f] for f in station_chain.FIELDS[:-1])) != row["hash"]:
-            problems.append(f"seq {seq}: content does not match its hash (record edited)")
-        anchor_found = anchor_found or (anchor is not None and (seq, row["hash"]) == anchor[1:])
-        expected_seq, prev = seq + 1, row["hash"]
-        if len(problems) >= max_problems:
-            break
-    if anchor is not None and not anchor_found and len(problems) < max_problems:
-        problems.append(
-            f"key server audit seq {anchor[0]} accepted this station's records up to seq {anchor[1]}, "
-            "which is missing or changed (records removed or rewritten)"
-        )
-    return {
-        "station_id": station_id,
-        "ok": not problems,
-        "records": count,
-        "head_seq": expected_seq - 1,
-        "head_hash": prev,
-        "anchored_seq": anchor[1] if anchor else 0,
-        "problems": problems,
-    }
 
 
 # --- HTTP -------------------------------------------------------------------------------------------------
 
 
+def _known(conn: Connection, station_id: str) -> None:
+    if not trails.known_station(conn, station_id):
+        raise Denied(404, "unknown_station", "no such station")
+
+
 @station_audit_api.post("/stations/audit")
 def ship() -> Response:
-    """A station ships its records; an empty list just asks where the server's copy ends."""
+    """A station ships records of one chain; an empty list just asks where the server's copy ends."""
     station = _station_call(ACTION)
     body = json_body()
     try:
-        records = parse_batch(body)
+        chain, records = parse_batch(body)
         with db.write(state().engine) as conn:
-            accepted, last_seq, last_hash = store(conn, station.name, records)
+            accepted, last_seq, last_hash = store(conn, station.name, chain, records)
     except Denied as denied:
         batch = body.get("records") if isinstance(body, dict) else None
         count = len(batch) if isinstance(batch, list) else None
         first = batch[0].get("seq") if count and isinstance(batch[0], dict) else None  # type: ignore[index]
-        _audit_denial(ACTION, denied, records=count, first_seq=first if isinstance(first, int) else None)
+        named = body.get("chain") if isinstance(body, dict) else None
+        _audit_denial(
+            ACTION,
+            denied,
+            chain=named if isinstance(named, str) and _HASH_RE.match(named) else None,
+            records=count,
+            first_seq=first if isinstance(first, int) else None,
+        )
         raise
-    return jsonify(accepted=accepted, last_seq=last_seq, last_hash=last_hash)
+    return jsonify(chain=chain, accepted=accepted, last_seq=last_seq, last_hash=last_hash)
 
 
 @station_audit_api.get("/stations/<station_id>/audit")
 @require(roles=("admin", "auditor"))
 def station_records(station_id: str) -> Response:
+    """One chain's records (?chain=, default the station's newest installation), ?after=&limit=."""
     try:
         after = int(request.args.get("after", 0))
         limit = max(1, min(int(request.args.get("limit", 200)), QUERY_LIMIT))
     except ValueError as exc:
         raise Denied(400, "malformed_request", "after and limit are integers") from exc
+    chain = request.args.get("chain") or None
+    if chain is not None and not _HASH_RE.match(chain):
+        raise Denied(400, "malformed_request", "chain is a chain id (64 lower-case hex digits)")
     with db.read(state().engine) as conn:
-        if not known_station(conn, station_id):
-            raise Denied(404, "unknown_station", "no such station")
-        records = query(conn, station_id, after=after, limit=limit)
-        last_seq = head(conn, station_id)[0]
-    return jsonify(station_id=station_id, last_seq=last_seq, records=records)
+        _known(conn, station_id)
+        chain = chain or trails.current_chain(conn, station_id)
+        last_seq = trails.head(conn, station_id, chain)[0] if chain else 0
+        if chain is not None and last_seq == 0:
+            raise Denied(404, "unknown_chain", "the key server holds no such chain for this station")
+        records = trails.query(conn, station_id, chain, after=after, limit=limit) if chain else []
+    return jsonify(station_id=station_id, chain=chain, last_seq=last_seq, records=records)
+
+
+@station_audit_api.get("/stations/<station_id>/audit/chains")
+@require(roles=("admin", "auditor"))
+def station_chains(station_id: str) -> Response:
+    with db.read(state().engine) as conn:
+        _known(conn, station_id)
+        found = trails.chains(conn, station_id)
+    return jsonify(
+        station_id=station_id, chains=[{k: v for k, v in c.items() if k != "station_id"} for c in found]
+    )
 
 
 @station_audit_api.get("/stations/<station_id>/audit/verify")
 @require(roles=("admin", "auditor"))
 def station_verify(station_id: str) -> Response:
     with db.read(state().engine) as conn:
-        if not known_station(conn, station_id):
-            raise Denied(404, "unknown_station", "no such station")
-        result = verify(conn, station_id)
+        _known(conn, station_id)
+        result = trails.verify(conn, station_id)
     return jsonify(result)

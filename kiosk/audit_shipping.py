@@ -1,10 +1,13 @@
 """Ships the station's audit trail (kiosk/audit.py) to the key server, which keeps a verified copy.
 
-The station's records stay where they are; a one-row table `audit_shipped` in outbox.sqlite remembers the
-last seq the key server confirmed, and moves only after it confirmed. The server skips records it already
-holds with the same hash, so resending after a lost answer is harmless, and on a first run the station
-simply sends its whole chain: any record that differs from the server's copy (a forked or rewritten chain)
-is refused there, not silently skipped here.
+The station's records stay where they are. Each batch names its chain: the hash of the local seq-1
+record, which differs between installations, so a station reinstalled on a fresh card (new outbox.sqlite)
+ships a new chain from seq 1 that the key server keeps next to the old one. A one-row table
+`audit_shipped` in outbox.sqlite remembers the chain and the last seq the key server confirmed, and moves
+only after it confirmed; a pointer left from another chain counts as nothing shipped. The server skips
+records it already holds with the same hash, so resending after a lost answer is harmless: any record that
+differs from the server's copy of the chain (a forked or rewritten chain) is refused there, not silently
+skipped here.
 
 The outbox worker calls an AuditShipper after each round. Shipping never blocks sealing (it runs on the
 worker's thread, on its own database connection), and a key server that cannot be reached only postpones
@@ -31,12 +34,17 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_shipped (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     last_seq INTEGER NOT NULL,
-    shipped_at REAL NOT NULL
+    shipped_at REAL NOT NULL,
+    chain TEXT
 );
 """
 RETRY_MIN_SECONDS = 30.0
 MIN_INTERVAL_SECONDS = 5.0  # rounds come every 50 ms while deliveries are due; shipping need not
 RETRY_MAX_SECONDS = 600.0
+
+
+class BrokenChain(ValueError):
+    """The local chain cannot be shipped (its seq-1 record is gone); `kiosk outbox audit` shows more."""
 
 
 def transient(exc: BaseException) -> bool:
@@ -46,25 +54,50 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError)  # timeouts and resets while reading the answer
 
 
+def _has_chain_column(db: sqlite3.Connection) -> bool:
+    return "chain" in {row[1] for row in db.execute("PRAGMA table_info(audit_shipped)")}
+
+
 def _connect(data_dir: Path) -> sqlite3.Connection:
     db = sqlite3.connect(data_dir / DATABASE, isolation_level=None, timeout=10.0)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(audit.SCHEMA + SCHEMA)
+    if not _has_chain_column(db):  # a table from before chains were named: its pointer is this chain's
+        try:
+            db.execute("ALTER TABLE audit_shipped ADD COLUMN chain TEXT")
+        except sqlite3.OperationalError:  # another connection (worker or CLI) added it just now
+            if not _has_chain_column(db):
+                raise
     return db
 
 
-def shipped_seq(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT last_seq FROM audit_shipped WHERE id = 1").fetchone()
-    return int(row[0]) if row else 0
+def chain_id(db: sqlite3.Connection) -> str | None:
+    """The local chain's id (the hash of its seq-1 record); None before the first record."""
+    row = db.execute("SELECT hash FROM audit WHERE seq = 1").fetchone()
+    return str(row[0]) if row else None
 
 
-def _confirm(db: sqlite3.Connection, seq: int, *, force: bool = False) -> None:
-    """Move the pointer; only forward, unless the server turned out to hold less (`force`)."""
+def shipped_seq(db: sqlite3.Connection, chain: str | None) -> int:
+    """The last seq of `chain` the key server confirmed; 0 when the pointer belongs to another chain."""
+    query = (
+        "SELECT last_seq, chain FROM audit_shipped WHERE id = 1"
+        if _has_chain_column(db)
+        else "SELECT last_seq, NULL FROM audit_shipped WHERE id = 1"
+    )
+    row = db.execute(query).fetchone()
+    if row is None or (row[1] is not None and row[1] != chain):
+        return 0
+    return int(row[0])
+
+
+def _confirm(db: sqlite3.Connection, chain: str, seq: int, *, force: bool = False) -> None:
+    """Move the pointer: only forward within a chain, unless the server turned out to hold less (`force`)."""
     db.execute(
-        "INSERT INTO audit_shipped (id, last_seq, shipped_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE "
-        "SET last_seq = CASE WHEN ? THEN excluded.last_seq ELSE MAX(last_seq, excluded.last_seq) END, "
-        "shipped_at = excluded.shipped_at",
-        (seq, time.time(), force),
+        "INSERT INTO audit_shipped (id, last_seq, shipped_at, chain) VALUES (1, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET last_seq = CASE WHEN ? OR chain IS NOT excluded.chain "
+        "THEN excluded.last_seq ELSE MAX(last_seq, excluded.last_seq) END, "
+        "shipped_at = excluded.shipped_at, chain = excluded.chain",
+        (seq, time.time(), chain, force),
     )
 
 
@@ -77,21 +110,27 @@ def ship(data_dir: Path, client: StationClient, *, batch: int = BATCH) -> int:
     """
     db = _connect(data_dir)
     try:
-        pointer, accepted, resynced = shipped_seq(db), 0, False
+        chain = chain_id(db)
+        if chain is None:
+            if db.execute("SELECT 1 FROM audit LIMIT 1").fetchone():
+                raise BrokenChain("the station's audit chain has no seq-1 record; it cannot be shipped")
+            return 0  # nothing recorded yet
+        pointer, accepted, resynced = shipped_seq(db, chain), 0, False
         while records := audit.exported(db, after=pointer, limit=batch):
             try:
-                answer = client.ship_audit(records)
+                answer = client.ship_audit(chain, records)
             except KeyServerError as exc:
                 if exc.reason != "chain_gap" or resynced:
                     raise
-                # The server holds fewer records than it once confirmed (restored from a backup, say):
-                # resume from where its copy ends.
-                pointer, resynced = min(pointer, int(client.ship_audit([])["last_seq"])), True
-                _confirm(db, pointer, force=True)
+                # The server holds less of this chain than it once confirmed (restored from a backup,
+                # say): resume from where its copy ends.
+                held = int(client.ship_audit(chain, [])["last_seq"])
+                pointer, resynced = min(pointer, held), True
+                _confirm(db, chain, pointer, force=True)
                 continue
             accepted += int(answer["accepted"])
             pointer = records[-1]["seq"]
-            _confirm(db, pointer)
+            _confirm(db, chain, pointer)
         return accepted
     finally:
         db.close()
@@ -114,7 +153,7 @@ def backlog(data_dir: Path) -> Backlog:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "audit" not in tables:
             return Backlog(0, None, 0)
-        pointer = shipped_seq(db) if "audit_shipped" in tables else 0
+        pointer = shipped_seq(db, chain_id(db)) if "audit_shipped" in tables else 0
         count, oldest = db.execute("SELECT COUNT(*), MIN(at) FROM audit WHERE seq > ?", (pointer,)).fetchone()
         return Backlog(int(count), oldest, pointer)
     finally:

@@ -6,7 +6,7 @@
     client.register_report(header)                                  # each sealed report's header
     client.upload_to_inbox(sealed_path)                             # deliver to the key server inbox
     data_key = client.delivery_unwrap(header, wrapped_key)          # only reports this station sealed
-    client.ship_audit(records)                                      # the station's own audit records
+    client.ship_audit(chain, records)                               # the station's own audit records
 
 Errors from the server raise KeyServerError with the HTTP status and the server's reason code.
 """
@@ -161,15 +161,17 @@ class StationClient:
             "POST", f"{self.url}/v1/inbox", token=self.token, data=data, content_type=MEDIA_TYPE
         )
 
-    def ship_audit(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Send consecutive audit records (kiosk.audit.exported); idempotent for records already there.
+    def ship_audit(self, chain: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Send consecutive audit records (kiosk.audit.exported) of the chain whose seq-1 record has the
+        hash `chain`; idempotent for records already there. A chain the server has not seen starts at seq 1.
 
-        Returns {accepted, last_seq, last_hash}; an empty list only asks where the server's copy ends.
+        Returns {chain, accepted, last_seq, last_hash}; an empty list only asks where the server's copy of
+        the chain ends (last_seq 0 for a chain it does not hold).
         """
         return request_json(  # type: ignore[no-any-return]
             "POST",
             f"{self.url}/v1/stations/audit",
             token=self.token,
-            body={"records": records},
+            body={"chain": chain, "records": records},
             timeout=AUDIT_TIMEOUT_S,
         )

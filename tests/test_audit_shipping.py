@@ -4,6 +4,7 @@ same exchanges on both backends are in tests/keyserver/test_station_audit.py."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kiosk import audit_shipping, doctor, station
+from kiosk import audit, audit_shipping, doctor, station
 from kiosk import config as kiosk_config
 from kiosk.app.events import StationEvents
 from kiosk.cli import main
@@ -144,3 +145,82 @@ def test_the_running_station_ships_its_events(key_server: KeyServer, tmp_path: P
     key_server.add_user("audrey", role="auditor")
     records = key_server.get("/v1/stations/ward-3/audit", who="audrey").json()["records"]
     assert [r["event"] for r in records] == ["signed-in"] and records[0]["actor"] == "nurse-1"
+
+
+def test_a_reinstalled_station_ships_a_new_chain(key_server: KeyServer, tmp_path: Path) -> None:
+    """A fresh card, the same station id, enrolled again: its trail is a new chain next to the old one."""
+    runner = CliRunner()
+    old_card, new_card = tmp_path / "old", tmp_path / "new"
+    old_card.mkdir()
+    new_card.mkdir()
+    old_config = station_config(old_card, key_server.url)
+    station.enroll(kiosk_config.load(old_config), key_server.url, key_server.enrollment_code())
+    record(old_card / "data", 3)
+    assert (
+        "3 audit records shipped"
+        in runner.invoke(main, ["--config", str(old_config), "outbox", "ship-audit"]).output
+    )
+
+    new_config = station_config(new_card, key_server.url)
+    code = key_server.enrollment_code("ward-3")  # a re-enrollment code bound to the station id
+    station.enroll(kiosk_config.load(new_config), key_server.url, code)
+    record(new_card / "data", 2)
+    fresh = audit_shipping.backlog(new_card / "data")
+    assert (fresh.unshipped, fresh.shipped_seq) == (2, 0)
+    shipped = runner.invoke(main, ["--config", str(new_config), "outbox", "ship-audit"])
+    assert shipped.exit_code == 0, shipped.output
+    assert "2 audit records shipped" in shipped.output and "up to seq 2" in shipped.output
+
+    key_server.add_user("audrey", role="auditor")
+    chains = key_server.get("/v1/stations/ward-3/audit/chains", who="audrey").json()["chains"]
+    assert [(c["first_seq"], c["last_seq"], c["records"]) for c in chains] == [(1, 3, 3), (1, 2, 2)]
+    verified = key_server.get("/v1/stations/ward-3/audit/verify", who="audrey").json()
+    assert verified["ok"] and verified["records"] == 5 and len(verified["chains"]) == 2
+    newest = key_server.get("/v1/stations/ward-3/audit", who="audrey").json()
+    assert newest["chain"] == chains[1]["chain"] and newest["last_seq"] == 2
+    # The old card's token was revoked by the re-enrollment: it can add nothing to the old chain.
+    record(old_card / "data", 1)
+    refused = runner.invoke(main, ["--config", str(old_config), "outbox", "ship-audit"])
+    assert refused.exit_code == 1 and "401" in refused.output
+
+
+def test_a_pointer_left_from_another_chain_counts_as_nothing_shipped(
+    key_server: KeyServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    record(data_dir, 3)
+    client = StationClient(key_server.url, key_server.enroll("ward-3"), "ward-3")
+    assert audit_shipping.ship(data_dir, client) == 3
+    assert audit_shipping.backlog(data_dir).shipped_seq == 3
+    # The local trail is replaced (the audit table emptied; the pointer row stays): a new chain begins.
+    db = sqlite3.connect(data_dir / "outbox.sqlite", isolation_level=None)
+    db.execute("DELETE FROM audit")
+    db.close()
+    record(data_dir, 2)
+    behind = audit_shipping.backlog(data_dir)
+    assert (behind.unshipped, behind.shipped_seq) == (2, 0)
+    assert audit_shipping.ship(data_dir, client) == 2
+    assert audit_shipping.backlog(data_dir) == audit_shipping.Backlog(0, None, 2)
+    key_server.add_user("audrey", role="auditor")
+    chains = key_server.get("/v1/stations/ward-3/audit/chains", who="audrey").json()["chains"]
+    assert [c["records"] for c in chains] == [3, 2]
+
+
+def test_a_pointer_table_from_before_chains_is_kept(key_server: KeyServer, tmp_path: Path) -> None:
+    """outbox.sqlite files written before the pointer named its chain: the pointer is the local chain's."""
+    data_dir = tmp_path / "data"
+    record(data_dir, 3)
+    client = StationClient(key_server.url, key_server.enroll("ward-3"), "ward-3")
+    db = sqlite3.connect(data_dir / "outbox.sqlite", isolation_level=None)
+    records = audit.exported(db)
+    db.execute(
+        "CREATE TABLE audit_shipped (id INTEGER PRIMARY KEY CHECK (id = 1), "
+        "last_seq INTEGER NOT NULL, shipped_at REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO audit_shipped VALUES (1, 2, 0)")
+    db.close()
+    chain = records[0]["hash"]
+    assert client.ship_audit(chain, records[:2])["accepted"] == 2  # what the old pointer says was confirmed
+    assert audit_shipping.backlog(data_dir) == audit_shipping.Backlog(1, records[2]["at"], 2)
+    assert audit_shipping.ship(data_dir, client) == 1  # only seq 3 is sent
+    assert audit_shipping.backlog(data_dir) == audit_shipping.Backlog(0, None, 3)

@@ -45,6 +45,7 @@ TABLE: list[tuple[str, str, str, str, dict[str, int], int]] = [
     ("enrollment_code", "POST", "/v1/enrollment-codes", "json", {A: 401, M: 201}, 403),
     ("station_audit_ship", "POST", "/v1/stations/audit", "audit_batch", {A: 401, S: OK}, 403),
     ("station_audit", "GET", "/v1/stations/victim/audit", "", {A: 401, U: OK, M: OK}, 403),
+    ("station_audit_chains", "GET", "/v1/stations/victim/audit/chains", "", {A: 401, U: OK, M: OK}, 403),
     ("station_audit_verify", "GET", "/v1/stations/victim/audit/verify", "", {A: 401, U: OK, M: OK}, 403),
     # Pages: anonymous visitors and stations are sent to the login page.
     ("page_inbox", "GET", "/inbox", "", {A: 302, S: 302, D: 302, U: 403}, OK),
@@ -53,6 +54,15 @@ TABLE: list[tuple[str, str, str, str, dict[str, int], int]] = [
     ("page_admin", "GET", "/admin", "", {A: 302, S: 302, D: 302, M: OK}, 403),
     ("page_admin_code", "POST", "/admin/enrollment-codes", "form", {A: 302, S: 302, D: 302, M: OK}, 403),
     ("page_audit", "GET", "/audit", "", {A: 302, S: 302, D: 302, U: OK, M: OK}, 403),
+    ("page_station_audit", "GET", "/audit/stations", "", {A: 302, S: 302, D: 302, U: OK, M: OK}, 403),
+    (
+        "page_station_trail",
+        "GET",
+        "/audit/stations?station=victim",
+        "",
+        {A: 302, S: 302, D: 302, U: OK, M: OK},
+        403,
+    ),
 ]
 
 
@@ -98,7 +108,8 @@ class Matrix:
         elif body == "json":
             kwargs["json"] = {}
         elif body == "audit_batch":
-            kwargs["json"] = {"records": []}  # asks where the server's copy of the station's trail ends
+            # Asks where the server's copy of one of the station's chains ends.
+            kwargs["json"] = {"chain": "a" * 64, "records": []}
         page = not path.startswith("/v1")
         token = {"station": "st-1", "disabled_station": "st-2"}.get(actor) or USERS.get(actor)
         if actor in USERS and page:

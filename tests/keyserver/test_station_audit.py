@@ -1,10 +1,12 @@
 """Station audit trails shipped to a real key server, on both backends: shipping, idempotent retries,
 refusals that store nothing and are audited, who may read them, verification, the worker hook, the CLI,
-backup, and the 0001 → 0002 migration of an existing database."""
+backup, and the 0001 → 0002 migration of an existing database. Reinstalled stations (several chains) and
+the station trails page: test_station_chains.py."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, func, select, text, update
 
-from keyserver import audit, backup, db, station_audit
+from keyserver import audit, backup, db, station_audit, station_trails
 from keyserver.cli import main as keyserver_main
 from keyserver.models import station_audit as station_audit_table
 from kiosk import audit as station_chain
@@ -45,13 +47,16 @@ def record_events(data_dir: Path, count: int, *, actor: str = "nurse-7") -> None
 
 
 def exported(data_dir: Path, after: int = 0) -> list[dict[str, Any]]:
-    import sqlite3
-
     conn = sqlite3.connect(data_dir / "outbox.sqlite")
     try:
         return station_chain.exported(conn, after=after, limit=10_000)
     finally:
         conn.close()
+
+
+def chain_of(data_dir: Path) -> str:
+    """The local chain's id: the hash of its seq-1 record."""
+    return str(exported(data_dir)[0]["hash"])
 
 
 def station(ks: KeyServer, tmp_path: Path, station_id: str = "ward-1") -> tuple[StationClient, Path]:
@@ -90,39 +95,54 @@ def test_records_ship_verify_and_only_auditors_and_admins_read_them(ks: KeyServe
     ks.add_user("nurse.lee", role="clinician")
     page = ks.get("/v1/stations/ward-1/audit?after=2&limit=3", who="audrey").json()
     assert page["last_seq"] == 7 and [r["seq"] for r in page["records"]] == [3, 4, 5]
+    assert page["chain"] == chain_of(data_dir)  # the station's only (so newest) chain by default
     local = {r["seq"]: r for r in exported(data_dir)}
     for record in page["records"]:
         assert {k: record[k] for k in station_chain.FIELDS} == local[record["seq"]]  # byte for byte
         assert record["received_at"].endswith("+00:00")
     assert json.loads(page["records"][0]["details"])["reason"] == "défaut réseau"
     verified = ks.get("/v1/stations/ward-1/audit/verify", who="root").json()
-    assert verified["ok"] and verified["records"] == 7 and verified["anchored_seq"] == 7
-    assert verified["head_hash"] == local[7]["hash"]
+    assert verified["ok"] and verified["records"] == 7 and verified["problems"] == []
+    [one] = verified["chains"]
+    assert one["chain"] == chain_of(data_dir) and one["anchored_seq"] == one["head_seq"] == 7
+    assert one["head_hash"] == local[7]["hash"]
     assert ks.get("/v1/stations/ward-1/audit", who="nurse.lee").status_code == 403
     assert ks.get("/v1/stations/ward-1/audit").status_code == 401
     assert ks.get("/v1/stations/nowhere/audit", who="audrey").status_code == 404
-    # The key server's own chain names each accepted batch and the station's new head.
+    # The key server's own chain names each accepted batch, the station's chain and its new head; the
+    # chain's first batch is a new chain (here the station's first: it follows no other).
     with db.read(ks.engine) as conn:
-        accepted = [r for r in audit.query(conn, action="station.audit") if r["outcome"] == "ok"]
-    assert [r["details"]["last_seq"] for r in accepted] == [3, 6, 7]
+        accepted = [r for r in audit.query(conn, action="station.audit") if r["outcome"] != "denied"]
+    assert [(r["outcome"], r["details"]["last_seq"]) for r in accepted] == [
+        ("new_chain", 3),
+        ("ok", 6),
+        ("ok", 7),
+    ]
+    assert accepted[0]["details"]["previous_chain"] is None
+    assert {r["details"]["chain"] for r in accepted} == {chain_of(data_dir)}
     assert accepted[-1]["actor"] == "station:ward-1" and accepted[-1]["details"]["head"] == local[7]["hash"]
 
 
 def test_a_retry_after_a_lost_answer_is_idempotent(ks: KeyServer, tmp_path: Path) -> None:
     client, data_dir = station(ks, tmp_path)
     record_events(data_dir, 5)
-    records = exported(data_dir)
+    records, chain = exported(data_dir), chain_of(data_dir)
     # The server stores 1-3 but the station never hears back: its pointer stays at 0.
-    assert client.ship_audit(records[:3])["accepted"] == 3
-    again = client.ship_audit(records[:3])
+    assert client.ship_audit(chain, records[:3])["accepted"] == 3
+    again = client.ship_audit(chain, records[:3])
     assert again["accepted"] == 0 and again["last_seq"] == 3 and again["last_hash"] == records[2]["hash"]
-    assert client.ship_audit(records[1:4])["accepted"] == 1  # overlapping: 2-3 skipped, 4 new
+    assert client.ship_audit(chain, records[1:4])["accepted"] == 1  # overlapping: 2-3 skipped, 4 new
     assert audit_shipping.ship(data_dir, client) == 1  # resends 1-4 (skipped) and ships 5
     assert audit_shipping.backlog(data_dir).shipped_seq == 5
     assert stored(ks) == 5
-    assert client.ship_audit([]) == {"accepted": 0, "last_seq": 5, "last_hash": records[4]["hash"]}
+    assert client.ship_audit(chain, []) == {
+        "chain": chain,
+        "accepted": 0,
+        "last_seq": 5,
+        "last_hash": records[4]["hash"],
+    }
     with db.read(ks.engine) as conn:
-        assert station_audit.verify(conn, "ward-1")["ok"]
+        assert station_trails.verify(conn, "ward-1")["ok"]
 
 
 def test_the_station_resumes_where_a_restored_server_ends(ks: KeyServer, tmp_path: Path) -> None:
@@ -141,11 +161,11 @@ def test_the_station_resumes_where_a_restored_server_ends(ks: KeyServer, tmp_pat
 def test_bad_batches_store_nothing_and_are_audited(ks: KeyServer, tmp_path: Path) -> None:
     client, data_dir = station(ks, tmp_path)
     record_events(data_dir, 6)
-    records = exported(data_dir)
+    records, chain = exported(data_dir), chain_of(data_dir)
 
-    def refused(batch: Any, status: int, reason: str) -> KeyServerError:
+    def refused(batch: Any, status: int, reason: str, *, named: str = chain) -> KeyServerError:
         with pytest.raises(KeyServerError) as caught:
-            client.ship_audit(batch)
+            client.ship_audit(named, batch)
         assert (caught.value.status, caught.value.reason) == (status, reason), caught.value
         return caught.value
 
@@ -157,18 +177,28 @@ def test_bad_batches_store_nothing_and_are_audited(ks: KeyServer, tmp_path: Path
     refused([{**records[0], "details": '["not", "an object"]'}], 400, "bad_record")
     refused([records[0], records[2]], 400, "bad_record")  # not consecutive within the batch
     refused([records[0]] * (station_audit.MAX_BATCH + 1), 400, "malformed_request")
+    refused(records[:1], 400, "malformed_request", named="not-a-chain-id")
+    for body in ({"records": records[:1]}, {"chain": chain, "records": records[:1], "extra": 1}):
+        answer = ks.post("/v1/stations/audit", "ward-1", json=body)
+        assert answer.status_code == 400 and answer.json()["error"] == "malformed_request"
     assert stored(ks) == 0
-    assert len(denials(ks, "bad_record")) == 5 and denials(ks, "malformed_request")
+    assert len(denials(ks, "bad_record")) == 5 and len(denials(ks, "malformed_request")) == 4
 
-    assert client.ship_audit(records[:2])["accepted"] == 2
+    assert client.ship_audit(chain, records[:2])["accepted"] == 2
     assert "up to seq 2" in refused(records[3:5], 409, "chain_gap").message
-    # A different chain under the same station id (a reset card): seq 1 differs, and so does seq 3's past.
-    other = tmp_path / "other"
-    other.mkdir()
-    record_events(other, 4, actor="someone-else")
-    forked = exported(other)
-    refused(forked[:3], 409, "chain_conflict")
-    refused(forked[2:4], 409, "chain_conflict")
+    # The same chain, forked after seq 1 (a card put back from an older image of itself, which then
+    # recorded other events): its seq 1 is the same, so it names the same chain, and the server refuses it.
+    forked_dir = tmp_path / "forked"
+    forked_dir.mkdir()
+    with sqlite3.connect(forked_dir / "outbox.sqlite") as copy:
+        copy.executescript(station_chain.SCHEMA)
+        columns = ", ".join(station_chain.FIELDS)
+        copy.execute(f"INSERT INTO audit ({columns}) VALUES (?,?,?,?,?,?,?,?)", tuple(records[0].values()))
+    record_events(forked_dir, 3, actor="someone-else")
+    forked = exported(forked_dir)
+    assert chain_of(forked_dir) == chain and forked[1] != records[1]
+    refused(forked[:3], 409, "chain_conflict")  # seq 2 differs from the stored seq 2
+    refused(forked[1:3], 409, "chain_conflict")
     # A good record followed by a tampered one in one batch: all or nothing.
     bad_tail = [records[2], {**records[3], "event": "nothing-happened"}]
     refused(bad_tail, 400, "bad_record")
@@ -176,11 +206,13 @@ def test_bad_batches_store_nothing_and_are_audited(ks: KeyServer, tmp_path: Path
     assert len(denials(ks, "chain_conflict")) == 2 and len(denials(ks, "chain_gap")) == 1
     denial = denials(ks, "chain_gap")[0]
     assert denial["actor"] == "station:ward-1" and denial["details"]["first_seq"] == 4
+    assert denial["details"]["chain"] == chain
     # The station side: a conflict is a refusal for a person, and the pointer stays where it was.
     with pytest.raises(KeyServerError) as caught:
-        audit_shipping.ship(other, client)
+        audit_shipping.ship(forked_dir, client)
     assert caught.value.reason == "chain_conflict" and not audit_shipping.transient(caught.value)
-    assert audit_shipping.backlog(other).shipped_seq == 0
+    assert audit_shipping.backlog(forked_dir).shipped_seq == 0
+    assert stored(ks) == 2
 
 
 def test_a_disabled_or_unknown_station_is_refused(ks: KeyServer, tmp_path: Path) -> None:
@@ -192,9 +224,10 @@ def test_a_disabled_or_unknown_station_is_refused(ks: KeyServer, tmp_path: Path)
         audit_shipping.ship(data_dir, client)
     assert (caught.value.status, caught.value.reason) == (403, "station_disabled")
     with pytest.raises(KeyServerError) as caught:
-        StationClient(ks.url, "kss_not-a-token", "ward-1").ship_audit(exported(data_dir))
+        StationClient(ks.url, "kss_not-a-token", "ward-1").ship_audit(chain_of(data_dir), exported(data_dir))
     assert caught.value.status == 401
-    user = ks.post("/v1/stations/audit", "root", json={"records": exported(data_dir)})
+    batch = {"chain": chain_of(data_dir), "records": exported(data_dir)}
+    user = ks.post("/v1/stations/audit", "root", json=batch)
     assert user.status_code == 403 and user.json()["error"] == "forbidden"
     assert stored(ks) == 0 and audit_shipping.backlog(data_dir).unshipped == 2
     assert denials(ks, "station_disabled") and denials(ks, "unauthenticated")
@@ -216,9 +249,14 @@ def test_verify_notices_records_edited_or_removed_on_the_server(ks: KeyServer, t
 
     listing = cli("ward-1")
     assert listing.exit_code == 0, listing.output
-    assert len(listing.output.splitlines()) == 4 and "signed-in" in listing.output
-    assert [r["seq"] for r in json.loads(cli("ward-1", "--json", "--after", "2").output)["records"]] == [3, 4]
-    assert "station audit chain intact" in cli("ward-1", "--verify").output
+    lines = listing.output.splitlines()
+    assert len(lines) == 5 and lines[0].startswith(f"chain {chain_of(data_dir)}: seq 1-4, 4 records")
+    assert "signed-in" in listing.output
+    [only] = json.loads(cli("ward-1", "--json", "--after", "2").output)["chains"]
+    assert only["chain"] == chain_of(data_dir) and [r["seq"] for r in only["records"]] == [3, 4]
+    assert cli("ward-1", "--chain", chain_of(data_dir)[:10]).output == listing.output
+    assert cli("ward-1", "--chain", "0123456789").exit_code == 1
+    assert "station audit trail intact (1 chain(s))" in cli("ward-1", "--verify").output
     assert cli("nowhere").exit_code == 1
 
     rows = station_audit_table.c
@@ -235,8 +273,9 @@ def test_verify_notices_records_edited_or_removed_on_the_server(ks: KeyServer, t
         )
         conn.execute(delete(station_audit_table).where(rows.station_id == "ward-1", rows.seq == 4))
     with db.read(ks.engine) as conn:
-        result = station_audit.verify(conn, "ward-1")
+        result = station_trails.verify(conn, "ward-1")
     assert not result["ok"] and "records removed or rewritten" in result["problems"][0]
+    assert result["problems"][0].startswith(f"chain {chain_of(data_dir)[:16]}: ")
 
 
 def test_the_worker_ships_after_a_round(ks: KeyServer, tmp_path: Path) -> None:
@@ -276,10 +315,10 @@ def test_backup_and_restore_keep_station_trails(
         with db.write(engine) as conn:
             backup.restore(conn, master_of(config), blob, "a long backup passphrase", actor="test")
         with db.read(engine) as conn:
-            result = station_audit.verify(conn, "ward-1")
+            result = station_trails.verify(conn, "ward-1")
     finally:
         engine.dispose()
-    assert result["ok"] and result["records"] == 3 and result["anchored_seq"] == 3
+    assert result["ok"] and result["records"] == 3 and result["chains"][0]["anchored_seq"] == 3
 
 
 def _empty_database(backend: str, request: pytest.FixtureRequest, directory: Path) -> str:
@@ -320,8 +359,33 @@ def test_upgrade_from_0001_keeps_the_data_and_adds_station_trails(
     engine.dispose()
 
 
-def test_openapi_describes_the_endpoints(ks: KeyServer) -> None:
-    paths = ks.get("/v1/openapi.json").json()["paths"]
+def test_openapi_describes_the_endpoints(ks: KeyServer, tmp_path: Path) -> None:
+    import jsonschema
+
+    document = ks.get("/v1/openapi.json").json()
+    paths, schemas = document["paths"], document["components"]["schemas"]
+    assert schemas["StationAudit"]["required"] == ["chain", "records"]
+    # What a station really sends, and what the server really answers, fit the documented schemas.
+    client, data_dir = station(ks, tmp_path)
+    record_events(data_dir, 2)
+    batch = {"chain": chain_of(data_dir), "records": exported(data_dir)}
+    answer = client.ship_audit(batch["chain"], batch["records"])
+    ks.add_user("audrey", role="auditor")
+    for instance, schema in (
+        (batch, "StationAudit"),
+        (answer, "StationAuditHead"),
+        (ks.get("/v1/stations/ward-1/audit", who="audrey").json(), "StationAuditPage"),
+        (ks.get("/v1/stations/ward-1/audit/chains", who="audrey").json(), "StationAuditChains"),
+        (ks.get("/v1/stations/ward-1/audit/verify", who="audrey").json(), "StationAuditVerify"),
+    ):
+        root = {"$ref": f"#/components/schemas/{schema}", "components": document["components"]}
+        jsonschema.Draft202012Validator(root).validate(instance)
     assert "post" in paths["/v1/stations/audit"]
-    assert "get" in paths["/v1/stations/{station_id}/audit"]
-    assert "get" in paths["/v1/stations/{station_id}/audit/verify"]
+    query = {p["name"] for p in paths["/v1/stations/{station_id}/audit"]["get"]["parameters"]}
+    assert query == {"station_id", "chain", "after", "limit"}
+    chains = paths["/v1/stations/{station_id}/audit/chains"]["get"]["responses"]["200"]
+    assert chains["content"]["application/json"]["schema"]["$ref"].endswith("/StationAuditChains")
+    verify = paths["/v1/stations/{station_id}/audit/verify"]["get"]["responses"]["200"]
+    assert verify["content"]["application/json"]["schema"]["$ref"].endswith("/StationAuditVerify")
+    throttled = paths["/v1/stations/enroll"]["post"]["responses"]["429"]
+    assert "Retry-After" in throttled["headers"]
