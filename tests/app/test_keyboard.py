@@ -40,3 +40,15 @@ def test_tapping_outside_closes_the_keyboard(page: Page, station: Station) -> No
     page.locator("h1").first.click()
     expect(keyboard).to_be_hidden()
     expect(page.get_by_test_id("name-submit")).to_be_visible()
+
+
+def test_shift_and_letters_keep_the_keyboard_open(page: Page, station: Station) -> None:
+    # Shift redraws the keys; the redraw must not read as a tap outside the keyboard.
+    keyboard = open_name_keyboard(page)
+    keyboard.locator('button[data-key="Shift"]').click()
+    keyboard.locator('button[data-key="a"]').click()
+    keyboard.locator('button[data-key="Backspace"]').click()
+    keyboard.locator('button[data-key="Shift"]').click()
+    keyboard.locator('button[data-key="b"]').click()
+    expect(keyboard).to_be_visible()
+    expect(page.get_by_test_id("typed-name")).to_have_value("B")

@@ -125,9 +125,12 @@
   });
   // Close on the click, not on pointerdown: closing shrinks the page's bottom padding, and a button that
   // moves between pointerdown and pointerup never receives its click (a tap on Confirm would be lost).
+  // The event's path, not e.target.closest: Shift re-renders the keys, so by now the tapped key may be
+  // detached from the panel and would look like a tap outside.
   document.addEventListener("click", (e) => {
     if (!panel || panel.hidden) return;
-    if (e.target.closest(".osk, [data-osk], [data-osk-open]")) return;
+    if (e.composedPath().includes(panel)) return;
+    if (e.target.closest && e.target.closest("[data-osk], [data-osk-open]")) return;
     close();
   });
   document.addEventListener("click", (e) => {
