@@ -54,7 +54,7 @@ def create_app(
     i18n.setup(config.ui.language)
     app.jinja_env.add_extension("jinja2.ext.i18n")
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
-        gettext=i18n._, ngettext=i18n.ngettext, newstyle=True
+        gettext=i18n._, ngettext=i18n.template_ngettext, newstyle=True
     )
     app.jinja_env.globals["_"] = i18n._
     from kiosk.app.bodymap import describe
