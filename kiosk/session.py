@@ -67,6 +67,15 @@ class ConsentDraft:
     signature_png: bytes | None = field(default=None, repr=False)
 
 
+@dataclass
+class RecipientChoice:
+    """Email recipients picked on the Send screen for one destination: personal data (not patient data),
+    kept in the session and wiped with it."""
+
+    chosen: list[str] = field(repr=False)
+    typed: list[str] = field(default_factory=list, repr=False)  # addresses typed in, offered as entries
+
+
 class Session:
     """Staff member, patient, consent and photos of one report. Holds plaintext: memory only."""
 
@@ -81,6 +90,7 @@ class Session:
         self.current_site: BodySite | None = None
         self.retake_index: int | None = None
         self.destinations: list[str] = []
+        self.recipients: dict[str, RecipientChoice] = {}  # Send screen: email destination name -> choice
         self.last_error: str | None = None
         self.started = clock()
         self._clock = clock
@@ -164,6 +174,10 @@ class Session:
         self.photos = []
         self.current_site = None
         self.destinations = []
+        for choice in self.recipients.values():
+            choice.chosen.clear()
+            choice.typed.clear()
+        self.recipients = {}
         self.last_error = None
         self.wiped = reason
         self.bump()

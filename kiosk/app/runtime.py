@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from PIL import Image
 
@@ -170,15 +169,6 @@ class SendResult:
     seconds: float
 
 
-@dataclass
-class RecipientChoice:
-    """Email recipients picked on the Send screen for one destination: personal data (not patient data),
-    held in memory beside the session and dropped when it ends."""
-
-    chosen: list[str]
-    typed: list[str] = field(default_factory=list)
-
-
 class StationRuntime:
     def __init__(
         self,
@@ -205,8 +195,6 @@ class StationRuntime:
         self.worker: OutboxWorker | None = None
         self.outbox_status: OutboxStatus | None = None
         self._send_lock = threading.Lock()
-        # Send screen: session -> destination name -> recipients; weak, and also dropped in _on_wipe.
-        self.recipient_choices: WeakKeyDictionary[Session, dict[str, RecipientChoice]] = WeakKeyDictionary()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.capture_times: list[float] = []  # seconds from button to still ready (bench)
@@ -299,7 +287,6 @@ class StationRuntime:
 
     def _on_wipe(self, session: Session, reason: str, details: dict[str, Any]) -> None:
         self.scanner.clear()
-        self.recipient_choices.pop(session, None)
         actor = details.pop("staff_id", None) or "station"
         self.events.record("session-ended", actor=actor, reason=reason, **details)
 

@@ -5,8 +5,8 @@ A failed seal keeps everything, explains what to do, and offers Retry.
 An email destination with ``ask_recipients`` shows, once chosen, its address book as big checkboxes and,
 with ``allowed_domains``, a field for a name typed on the on-screen keyboard plus one *Add @domain* button
 per allowed domain: picking the domain rather than typing it keeps a typo from mailing another
-organisation. The choices live beside the session (runtime.recipient_choices) and are queued with the
-deliveries; Send is refused, keeping the session, while such a destination has no recipient."""
+organisation. The choices live in the session (`Session.recipients`, wiped with it) and are queued with
+the deliveries; Send is refused, keeping the session, while such a destination has no recipient."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from kiosk.app import bodymap
 from kiosk.app.common import current, needs, render, runtime
 from kiosk.app.consent import consenter_labels, method_labels, purpose_labels
 from kiosk.app.i18n import _
-from kiosk.app.runtime import RecipientChoice, SendFailed
+from kiosk.app.runtime import SendFailed
 from kiosk.destinations.email import MAX_CHOSEN, EmailConfig, RecipientProblem
-from kiosk.session import Session
+from kiosk.session import RecipientChoice, Session
 
 bp = Blueprint("send", __name__)
 
@@ -33,10 +33,9 @@ def _asking(name: str) -> EmailConfig | None:
 
 
 def _choice(s: Session, dest: EmailConfig) -> RecipientChoice:
-    choices = runtime().recipient_choices.setdefault(s, {})
-    if dest.name not in choices:
-        choices[dest.name] = RecipientChoice(chosen=list(dest.to))  # `to` = ticked at the start
-    return choices[dest.name]
+    if dest.name not in s.recipients:
+        s.recipients[dest.name] = RecipientChoice(chosen=list(dest.to))  # `to` = ticked at the start
+    return s.recipients[dest.name]
 
 
 def _same(address: str, among: list[str]) -> str | None:

@@ -82,11 +82,13 @@ def _recipient(page: Page, address: str) -> Locator:
 
 def _send_and_receive(page: Page, station: Station, smtp: SmtpServer) -> Received:
     before = len(smtp.mailbox.received)
+    session = station.runtime.sessions.current
+    assert session is not None and session.recipients, "the Send screen keeps the choice in the session"
     page.get_by_test_id("send").click()
     expect(page.get_by_test_id("done")).to_be_visible(timeout=15_000)
     arrived = smtp.mailbox.wait_for(before + 1)
     assert len(arrived) == before + 1, "the outbox worker mails the report"
-    assert len(station.runtime.recipient_choices) == 0, "the choice ends with the session"
+    assert session.wiped == "sent" and session.recipients == {}, "the choice ends with the session"
     return arrived[-1]
 
 
