@@ -280,15 +280,17 @@ def outbox() -> None:
 @outbox.command(name="list")
 @click.pass_context
 def outbox_list(ctx: click.Context) -> None:
-    """One line per delivery that is not finished."""
+    """One line per delivery that is not finished; email recipients chosen per report as a count only."""
     store = Outbox(_config(ctx).station.data_dir)
     try:
         pending = store.deliveries(states=("pending", "sending", "failed"))
     finally:
         store.close()
     for d in pending:
+        recipients = f"  recipients={d.recipient_count}" if d.recipient_count is not None else ""
         click.echo(
-            f"{d.report_id}  {d.destination:20}  {d.state:8}  attempts={d.attempts}  {d.last_error or ''}"
+            f"{d.report_id}  {d.destination:20}  {d.state:8}  attempts={d.attempts}{recipients}  "
+            f"{d.last_error or ''}"
         )
     if not pending:
         click.echo("the outbox is empty")

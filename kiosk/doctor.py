@@ -38,6 +38,7 @@ import click
 from kiosk import config as config_module
 from kiosk import keyring
 from kiosk.config import Config
+from kiosk.patient_lookup import LookupFailed, PatientLookupConfig, capabilities
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 SKEW_WARN_SECONDS = 30.0
@@ -360,6 +361,46 @@ def check_destination(dest: Any, timeout: float, probe: KeyServerProbe | None) -
     return check(name, dest, timeout)
 
 
+# --- the optional FHIR patient lookup --------------------------------------------------------------------
+
+_LOOKUP_FIXES = {
+    "credentials": "check [patient_lookup] auth (token or password) and that this account may read Patient",
+    "setup": "fix [patient_lookup] auth or ca_file: secret files owned by kiosk, chmod 600; a PEM ca_file",
+    "tls": "set [patient_lookup] ca_file to the CA that signs the FHIR server's certificate; check the URL",
+    "network": "check the network, the firewall and [patient_lookup] fhir_base_url (host and port)",
+    "server": "the FHIR server has a problem: ask its administrator (nurses can still type identifiers)",
+    "answer": "check [patient_lookup] fhir_base_url: it must be the FHIR base, where /metadata answers",
+}
+
+
+def _short(value: object) -> str:
+    """Text the server sent, as one short line."""
+    return " ".join(str(value).split())[:60]
+
+
+def check_patient_lookup(lookup: PatientLookupConfig | None, timeout: float) -> CheckResult:
+    """`GET [base]/metadata` with the lookup's own auth, TLS and timeout; never a patient identifier."""
+    name = "patient lookup"
+    if lookup is None:
+        return CheckResult(name, SKIP, "not configured ([patient_lookup] missing)")
+    if not lookup.enabled:
+        return CheckResult(name, SKIP, "turned off ([patient_lookup] enabled = false)")
+    quick = lookup.model_copy(update={"timeout": min(timeout, lookup.timeout)})
+    try:
+        statement = capabilities(quick)
+    except LookupFailed as exc:
+        fix = _LOOKUP_FIXES.get(exc.reason, "check [patient_lookup] in kiosk.toml")
+        return CheckResult(name, FAIL, exc.detail or exc.outcome, fix)
+    version, software = statement.get("fhirVersion"), statement.get("software")
+    about = [f"FHIR {_short(version)}"] if version else []
+    if isinstance(software, dict) and software.get("name"):
+        about.append(_short(f"{software['name']} {software.get('version') or ''}"))
+    detail = f"{lookup.fhir_base_url}/metadata answers a CapabilityStatement"
+    if about:
+        detail += f" ({', '.join(about)})"
+    return CheckResult(name, PASS, detail)
+
+
 # --- the station's own machine ---------------------------------------------------------------------------
 
 
@@ -664,6 +705,7 @@ def run_checks(config: Config, *, hardware: bool = True, timeout: float = 5.0) -
         checks.append(
             guarded(f"destination {dest.name}", lambda d=dest: check_destination(d, timeout, probe))  # type: ignore[misc]
         )
+    checks.append(guarded("patient lookup", lambda: check_patient_lookup(config.patient_lookup, timeout)))
     checks += [
         guarded("data dir", lambda: check_data_dir(config)),
         guarded("tmpfs", lambda: check_work_dir(config)),

@@ -9,6 +9,9 @@ login, an unreadable answer) raises `LookupFailed` with an outcome code, and the
 the identifier. The answer stays in the session's memory; logs and errors carry the outcome, the server's
 host and HTTP status only, never an identifier, a name or the server's body (which can echo them).
 
+`capabilities()` is `kiosk doctor`'s check of the same server, through the same request code (auth, TLS,
+timeout): ``GET [base]/metadata``, the FHIR CapabilityStatement, which carries no patient identifier.
+
 `[patient_lookup]` in kiosk.toml; the section is absent (lookup off) by default.
 """
 
@@ -37,6 +40,9 @@ FHIR_JSON = "application/fhir+json"
 MAX_ANSWER_BYTES = 1024 * 1024  # two Patients need a few kB; anything far bigger is not a sane answer
 
 Outcome = Literal["not-found", "ambiguous", "no-details", "unreachable", "failed"]
+# Why a request failed, for `kiosk doctor`'s fix line ("" where it needs no distinction): an unreadable
+# token, password or CA file; TLS; the network; a refused login; a server error; an answer that is not FHIR.
+Reason = Literal["", "setup", "tls", "network", "credentials", "server", "answer"]
 # Which of a Patient's names to show, best first; "old", "maiden" and "anonymous" names are never shown.
 NAME_PREFERENCE: tuple[str | None, ...] = ("official", "usual", None, "temp", "nickname")
 
@@ -82,11 +88,12 @@ class PatientDemographics:
 
 
 class LookupFailed(Exception):
-    """The lookup gave no usable record. `outcome` picks the nurse's message; `detail` is for IT (no PHI)."""
+    """The lookup gave no usable record. `outcome` picks the nurse's message; `detail` is for IT (no PHI);
+    `reason` says what to fix, for `kiosk doctor`."""
 
-    def __init__(self, outcome: Outcome, detail: str = "") -> None:
+    def __init__(self, outcome: Outcome, detail: str = "", reason: Reason = "") -> None:
         super().__init__(f"{outcome}: {detail}" if detail else outcome)
-        self.outcome, self.detail = outcome, detail
+        self.outcome, self.detail, self.reason = outcome, detail, reason
 
 
 def lookup(config: PatientLookupConfig, mrn: str, issuer: str | None = None) -> PatientDemographics:
@@ -116,23 +123,47 @@ def _lookup(config: PatientLookupConfig, mrn: str, issuer: str | None) -> Patien
         {"identifier": f"{config.system_for(issuer)}|{mrn}", "_count": "2", "_elements": "name,birthDate"}
     )
     status, content_type, body = _get(config, f"{config.fhir_base_url}/Patient?{query}")
-    if status in (401, 403):
-        raise LookupFailed("failed", f"authentication refused (HTTP {status}); check [patient_lookup] auth")
-    if status in (408, 429) or status >= 500:
-        raise LookupFailed("unreachable", f"the FHIR server answered HTTP {status}")
     if status != 200:
-        raise LookupFailed("failed", f"the FHIR server refused the search (HTTP {status})")
-    if "json" not in content_type:
-        raise LookupFailed("failed", f"the answer is not FHIR JSON ({content_type or 'no content type'})")
+        raise LookupFailed("failed", f"the FHIR server refused the search (HTTP {status})", "answer")
+    _expect_json(content_type)
     return _one_patient(body)
 
 
+def capabilities(config: PatientLookupConfig) -> dict[str, Any]:
+    """The server's CapabilityStatement (``GET [base]/metadata``), for `kiosk doctor`: the lookup's own
+    request (auth, TLS, timeout) with no patient identifier in it. Raises LookupFailed."""
+    url = f"{config.fhir_base_url}/metadata"
+    status, content_type, body = _get(config, url)
+    if status != 200:
+        raise LookupFailed("failed", f"{url} answered HTTP {status}", "answer")
+    _expect_json(content_type)
+    try:
+        statement = json.loads(body)
+    except ValueError as exc:
+        raise LookupFailed("failed", f"{url} did not answer JSON", "answer") from exc
+    kind = statement.get("resourceType") if isinstance(statement, dict) else None
+    if kind != "CapabilityStatement":
+        raise LookupFailed(
+            "failed", f"{url} answered a {kind or 'document'}, not a CapabilityStatement", "answer"
+        )
+    return statement
+
+
+def _expect_json(content_type: str) -> None:
+    if "json" not in content_type:
+        raise LookupFailed(
+            "failed", f"the answer is not FHIR JSON ({content_type or 'no content type'})", "answer"
+        )
+
+
 def _get(config: PatientLookupConfig, url: str) -> tuple[int, str, bytes]:
-    """One GET; network, TLS and secret-file problems become LookupFailed (host and reason only)."""
+    """One GET, for the lookup and for `kiosk doctor` alike. Network, TLS and secret-file problems, a
+    refused login and server errors become LookupFailed (host, reason and status only); other statuses are
+    the caller's to judge."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     where = f"the FHIR server at {host}"
-    target = f"{parts.path}?{parts.query}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         headers = {"Accept": FHIR_JSON, "User-Agent": "clinical-photo-kiosk", **auth_header(config.auth)}
         connection: http.client.HTTPConnection
@@ -143,23 +174,35 @@ def _get(config: PatientLookupConfig, url: str) -> tuple[int, str, bytes]:
         else:
             connection = http.client.HTTPConnection(host, parts.port, timeout=config.timeout)
     except DeliveryError as exc:  # an unreadable token/password or CA file: IT must fix the setup
-        raise LookupFailed("failed", str(exc)) from exc
+        raise LookupFailed("failed", str(exc), "setup") from exc
     try:
         connection.request("GET", target, headers=headers)
         reply = connection.getresponse()
         body = reply.read(MAX_ANSWER_BYTES + 1)
         if len(body) > MAX_ANSWER_BYTES:
-            raise LookupFailed("failed", f"{where} sent more than {MAX_ANSWER_BYTES} bytes")
-        return reply.status, reply.getheader("Content-Type", ""), body
+            raise LookupFailed("failed", f"{where} sent more than {MAX_ANSWER_BYTES} bytes", "answer")
+        status = reply.status
+        content_type = reply.getheader("Content-Type", "")
     except ssl.SSLCertVerificationError as exc:
-        raise LookupFailed("failed", f"{where}: TLS certificate not trusted ({exc.verify_message})") from exc
+        detail = f"{where}: TLS certificate not trusted ({exc.verify_message})"
+        raise LookupFailed("failed", detail, "tls") from exc
+    except ssl.SSLError as exc:  # no TLS on that port, no common protocol version or cipher, ...
+        detail = f"cannot reach {where}: TLS failed ({exc.reason or type(exc).__name__})"
+        raise LookupFailed("unreachable", detail, "tls") from exc
     except TimeoutError as exc:
-        raise LookupFailed("unreachable", f"{where} did not answer within {config.timeout:g} s") from exc
+        detail = f"{where} did not answer within {config.timeout:g} s"
+        raise LookupFailed("unreachable", detail, "network") from exc
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise LookupFailed("unreachable", f"cannot reach {where}: {reason}") from exc
+        raise LookupFailed("unreachable", f"cannot reach {where}: {reason}", "network") from exc
     finally:
         connection.close()
+    if status in (401, 403):
+        detail = f"authentication refused (HTTP {status}); check [patient_lookup] auth"
+        raise LookupFailed("failed", detail, "credentials")
+    if status in (408, 429) or status >= 500:
+        raise LookupFailed("unreachable", f"the FHIR server answered HTTP {status}", "server")
+    return status, content_type, body
 
 
 def _one_patient(body: bytes) -> PatientDemographics:

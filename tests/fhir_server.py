@@ -10,6 +10,7 @@ It speaks the parts of the FHIR RESTful API a kiosk uses, with the spec's semant
   several 412) are rewritten to ``Type/id`` everywhere in the bundle, as the transaction rules require;
 - a ``transaction-response`` Bundle with ``response.status`` and ``location`` per entry;
 - ``GET /<Type>/<id>`` and ``GET /<Type>?identifier=[system|]value`` (searchset Bundle with total);
+- ``GET /metadata``: the server's CapabilityStatement (behind the same authentication as the rest);
 - optional bearer or basic authentication, a request log, and injected failures for tests: error statuses
   (``fail_with``) and raw answers that are not FHIR at all (``raw_replies``).
 """
@@ -81,6 +82,32 @@ class FhirServer:
         }
         self._store({**resource, **fields})
         return patient_id
+
+    def capability_statement(self) -> dict[str, Any]:
+        """What ``GET /metadata`` answers: an R4 CapabilityStatement (Patient search, transactions)."""
+        return {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": "2026-11-22",
+            "kind": "instance",
+            "software": {"name": "tests.fhir_server"},
+            "implementation": {"description": "test FHIR server", "url": self.url},
+            "fhirVersion": "4.0.1",
+            "format": ["json"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": [
+                        {
+                            "type": "Patient",
+                            "interaction": [{"code": "read"}, {"code": "search-type"}],
+                            "searchParam": [{"name": "identifier", "type": "token"}],
+                        }
+                    ],
+                    "interaction": [{"code": "transaction"}],
+                }
+            ],
+        }
 
     def resources(self, resource_type: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -214,6 +241,8 @@ class FhirServer:
             with self.lock:
                 if request.method == "POST" and not parts:
                     return self._post_transaction(request)
+                if request.method == "GET" and parts == ["metadata"]:
+                    return Response(json.dumps(self.capability_statement()), content_type=FHIR_JSON)
                 if request.method == "GET" and len(parts) == 2:
                     resource = self.store.get(parts[0], {}).get(parts[1])
                     if resource is None:

@@ -9,9 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from kiosk import config as config_module
 from kiosk import fsutil
+from kiosk.cli import main
 from kiosk.destinations.base import DeliveryError, Destination, DestinationConfigBase, Parcel
 from kiosk.destinations.folder import FolderConfig, FolderDestination
 from kiosk.outbox import sender
@@ -218,7 +220,9 @@ passphrase_file = "{key_file}"
 ask_recipients = true
 allowed_domains = ["clinic.test"]
 """
-    return config_module.parse(text, tmp_path / "kiosk.toml")
+    path = tmp_path / "kiosk.toml"
+    path.write_text(text)
+    return config_module.load(path)
 
 
 def _report() -> Report:
@@ -240,6 +244,22 @@ def test_the_pipeline_queues_checked_recipients(config: config_module.Config) ->
         assert params == {"share": {}, "mail": {"to": ["A.Nurse@Clinic.test"]}}
     finally:
         outbox.close()
+
+
+def test_outbox_list_counts_recipients_without_naming_them(config: config_module.Config) -> None:
+    outbox = Outbox(config.station.data_dir)
+    try:
+        chosen = {"mail": {"to": ["a.nurse@clinic.test", "wound.team@clinic.test"]}}
+        seal_and_queue(_report(), list(config.destination), config, outbox, chosen)
+    finally:
+        outbox.close()
+    assert config.source is not None
+    listing = CliRunner().invoke(main, ["--config", str(config.source), "outbox", "list"])
+    assert listing.exit_code == 0, listing.output
+    lines = {line.split()[1]: line for line in listing.output.splitlines()}
+    assert set(lines) == {"share", "mail"}
+    assert "recipients=2" in lines["mail"] and "recipients=" not in lines["share"]
+    assert "@" not in listing.output and "nurse" not in listing.output and "team" not in listing.output
 
 
 @pytest.mark.parametrize(
