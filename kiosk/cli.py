@@ -374,6 +374,8 @@ def outbox_ship_audit(ctx: click.Context) -> None:
         accepted = audit_shipping.ship(config.station.data_dir, client)
     except OSError as exc:  # a connection broken mid-answer; KeyServerError is reported by _Group
         raise click.ClickException(f"cannot reach the key server: {exc}") from exc
+    except audit_shipping.BrokenChain as exc:
+        raise click.ClickException(f"the station's audit chain cannot be shipped: {exc}") from exc
     left = audit_shipping.backlog(config.station.data_dir)
     click.echo(f"{accepted} audit records shipped; the key server holds them up to seq {left.shipped_seq}")
 

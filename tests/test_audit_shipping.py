@@ -73,6 +73,20 @@ def test_ship_audit_command(key_server: KeyServer, tmp_path: Path) -> None:
     assert refused.exit_code == 1 and "station_disabled" in refused.output
 
 
+def test_ship_audit_with_a_broken_local_chain_is_one_clear_line(
+    key_server: KeyServer, tmp_path: Path
+) -> None:
+    config_path = station_config(tmp_path, key_server.url)
+    config = kiosk_config.load(config_path)
+    station.enroll(config, key_server.url, key_server.enrollment_code())
+    record(config.station.data_dir, 2)
+    with sqlite3.connect(config.station.data_dir / "outbox.sqlite") as db:
+        db.execute("DELETE FROM audit WHERE seq = 1")
+    result = CliRunner().invoke(main, ["--config", str(config_path), "outbox", "ship-audit"])
+    assert result.exit_code == 1
+    assert "audit chain cannot be shipped" in result.output and "Traceback" not in result.output
+
+
 def test_an_unreachable_key_server_postpones_shipping(
     key_server: KeyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
