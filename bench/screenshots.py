@@ -20,12 +20,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import Error as PlaywrightError
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (after the path: bench scripts run directly)
 
 SIZES = [(800, 480), (1280, 720)]
 STAFF_PIN, ADMIN_PIN = "2468", "13579"
+
+
+def capture(page: Any, path: Path, attempts: int = 3) -> None:
+    """page.screenshot, retried: on a busy machine Chromium sometimes answers "Unable to capture screenshot"
+    while it is still compositing, and a moment later succeeds."""
+    for attempt in range(attempts):
+        try:
+            page.screenshot(path=str(path))
+            return
+        except PlaywrightError:
+            if attempt == attempts - 1:
+                raise
+            page.wait_for_timeout(500)
 
 
 def demo_toml(root: Path, *, still_size: str = "", idle_timeout: float = 600) -> str:
@@ -242,7 +257,7 @@ def run(out_dir: Path, sizes: list[tuple[int, int]] = SIZES) -> list[Path]:
 
                 def shot(name: str, w: int = width, h: int = height, p: Any = page) -> None:
                     path = out_dir / f"station-{name}-{w}x{h}.png"
-                    p.screenshot(path=str(path))
+                    capture(p, path)
                     written.append(path)
 
                 walk(page, runtime, shot)
