@@ -3,7 +3,10 @@
     .venv/bin/python bench/screenshots.py [--out docs/screenshots] [--size 800x480 --size 1280x720]
 
 Runs the real app (waitress on a free loopback port) with the mock camera and mock GPIO pins, and walks a
-nurse's flow in headless Chromium. All patient details are the mock camera's invented ones.
+nurse's flow in headless Chromium. The station looks numbers up (`[patient_lookup]`) on the tests' small
+real FHIR server (tests/fhir_server.py) and has an email destination whose recipients the nurse picks, served
+by the tests' real SMTP server (tests/smtp_server.py; the walk only shows that choice, it mails nothing), all
+on 127.0.0.1. All patient details are invented: the mock camera's, and the FHIR server's one demo patient.
 tests/app/test_station_screenshots.py runs this too, so the pictures always match the code.
 """
 
@@ -28,6 +31,10 @@ from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (after the path
 
 SIZES = [(800, 480), (1280, 720)]
 STAFF_PIN, ADMIN_PIN = "2468", "13579"
+# The FHIR server's only patient, obviously invented; its number is typed, so the record is looked up.
+MRN_SYSTEM = "https://hospital.example.org/fhir/mrn"
+RECORD_MRN, RECORD_NAME, RECORD_DOB = "DEMO0042", ("Demo", "Patient"), "1985-06-15"
+EMAIL = "Wound team (email)"  # the email destination whose recipients the nurse picks
 
 
 def capture(page: Any, path: Path, attempts: int = 3) -> None:
@@ -43,10 +50,25 @@ def capture(page: Any, path: Path, attempts: int = 3) -> None:
             page.wait_for_timeout(500)
 
 
-def demo_toml(root: Path, *, still_size: str = "", idle_timeout: float = 600) -> str:
+def demo_toml(
+    root: Path,
+    *,
+    still_size: str = "",
+    idle_timeout: float = 600,
+    smtp_port: int = 25,
+    fhir_url: str | None = None,
+) -> str:
+    """The demo station's kiosk.toml. The email destination talks to a relay on 127.0.0.1 (`smtp_port`);
+    with `fhir_url`, numbers without a second identifier are looked up there."""
     from argon2 import PasswordHasher
 
     hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    lookup = f"""
+[patient_lookup]
+fhir_base_url = "{fhir_url}"
+identifier_system = "{MRN_SYSTEM}"
+timeout = 3
+"""
     return f"""
 [station]
 id = "wound-clinic-1"
@@ -60,11 +82,24 @@ encryption = "passphrase"
 passphrase_file = "{root / "share.key"}"
 
 [[destination]]
-name = "Wound team (email)"
-type = "folder"
-path = "{root / "unmounted"}"
+name = "{EMAIL}"
+type = "email"
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+from = "photo-station@example.org"
 encryption = "passphrase"
 passphrase_file = "{root / "share.key"}"
+ask_recipients = true
+allowed_domains = ["example.org"]
+
+[[destination.address_book]]
+name = "Wound team"
+address = "wound-team@example.org"
+
+[[destination.address_book]]
+name = "Tissue viability"
+address = "tissue.viability@example.org"
 
 [camera]
 backend = "mock"
@@ -89,7 +124,7 @@ name = "Alex Nurse"
 role = "RN"
 badge = "735000000000987654"
 pin_hash = "{hasher.hash(STAFF_PIN)}"
-"""
+{lookup if fhir_url else ""}"""
 
 
 @contextmanager
@@ -182,6 +217,18 @@ def walk(page: Any, runtime: Any, shot: Callable[[str], None]) -> None:
     page.get_by_test_id("site-save").click()
     page.get_by_test_id("to-review").click()
     shot("review")
+    # the email destination: the nurse ticks who gets this report; untick it again, so nothing is mailed
+    email = page.get_by_test_id("destination").filter(has_text=EMAIL)
+    email.click()
+    recipients = page.get_by_test_id("recipients")
+    team = recipients.locator('[data-testid="recipient"][data-address="wound-team@example.org"]')
+    team.click()
+    expect(team).to_have_attribute("aria-checked", "true")
+    # the Send list scrolls on its own: the email button at its top shows it ticked, even at 800x480
+    email.evaluate("button => button.scrollIntoView({block: 'start'})")
+    shot("send-recipients")
+    email.click()
+    expect(recipients).to_have_count(0)
     page.get_by_test_id("cancel").click()
     page.wait_for_timeout(200)
     shot("cancel-dialog")
@@ -202,6 +249,15 @@ def walk(page: Any, runtime: Any, shot: Callable[[str], None]) -> None:
     page.locator("#staff_id").fill("1001")
     page.locator("#pin").fill(STAFF_PIN)
     page.get_by_test_id("pin-submit").click()
+    # a number with no name or date of birth: the hospital record (FHIR) has them; the patient says No
+    page.get_by_test_id("type-number").click()
+    page.get_by_test_id("mrn").fill(RECORD_MRN)
+    page.get_by_test_id("mrn-submit").click()
+    expect(page.get_by_test_id("record-dob")).to_have_text(RECORD_DOB)
+    shot("patient-record")
+    page.get_by_test_id("record-no").click()
+    expect(page).to_have_url(re.compile(r"/patient\?error=1$"))
+    # a number the record does not know: the date of birth is typed
     page.get_by_test_id("type-number").click()
     page.get_by_test_id("mrn").fill("MRN00123")
     page.get_by_test_id("mrn-submit").click()
@@ -234,20 +290,35 @@ def walk(page: Any, runtime: Any, shot: Callable[[str], None]) -> None:
     camera.show("empty")
 
 
+def demo_record(fhir: Any) -> None:
+    """The FHIR server's one patient: the record behind RECORD_MRN."""
+    given, family = RECORD_NAME
+    fhir.add_patient(
+        MRN_SYSTEM,
+        RECORD_MRN,
+        name=[{"use": "official", "family": family, "given": [given]}],
+        birthDate=RECORD_DOB,
+    )
+
+
 def run(out_dir: Path, sizes: list[tuple[int, int]] = SIZES) -> list[Path]:
     from playwright.sync_api import sync_playwright
+
+    from tests.fhir_server import FhirServer, running
+    from tests.smtp_server import smtp_server
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        demo_station(Path(tmp), still_size="still_size = [2028, 1520]") as (
-            url,
-            runtime,
-            _factory,
-        ),
+        running(FhirServer()) as fhir,
+        smtp_server() as smtp,
+        demo_station(
+            Path(tmp), still_size="still_size = [2028, 1520]", smtp_port=smtp.port, fhir_url=fhir.url
+        ) as (url, runtime, _factory),
         sync_playwright() as pw,
     ):
+        demo_record(fhir)
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             for width, height in sizes:
@@ -264,6 +335,8 @@ def run(out_dir: Path, sizes: list[tuple[int, int]] = SIZES) -> list[Path]:
                 context.close()
         finally:
             browser.close()
+        if smtp.mailbox.received:
+            raise RuntimeError("the walk only shows the email recipient choice; it must not mail anything")
     return written
 
 

@@ -19,8 +19,9 @@ def test_every_screen_has_screenshots_at_both_sizes(tmp_path: Path) -> None:
     spec.loader.exec_module(module)
     written = module.run(tmp_path, [(800, 480), (1280, 720)])
     names = {p.name for p in written}
-    for screen in ("signin", "patient-scan", "patient-confirm", "consent-who", "consent-sign", "capture",
-                   "bodymap", "review", "done", "idle-warning", "admin-outbox", "admin-camera"):  # fmt: skip
+    for screen in ("signin", "patient-scan", "patient-confirm", "patient-record", "consent-who",
+                   "consent-sign", "capture", "bodymap", "review", "send-recipients", "done", "idle-warning",
+                   "admin-outbox", "admin-camera"):  # fmt: skip
         for size in ("800x480", "1280x720"):
             assert f"station-{screen}-{size}.png" in names
     for path in written:
