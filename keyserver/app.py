@@ -100,7 +100,8 @@ def _identify() -> Response | None:
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
         if request.endpoint in DEFERRED_TOKEN_ENDPOINTS:
-            # Key release looks the token up in the same query as the key and the report (reports.unwrap).
+            # Key release looks the token up in its batch's transaction, after the audit chain lock, with the
+            # key and the report (reports.unwrap, release.py).
             g.deferred_token = auth[7:].strip()
             return None
         with db.read(st.engine) as conn:

@@ -118,22 +118,6 @@ def chain(entries: list[dict[str, Any]], seq: int, prev: str) -> list[dict[str, 
     return rows
 
 
-# PostgreSQL on psycopg (release.py's hot path): lock the head, then append a batch of records and move
-# the head in ONE statement — the rows as column arrays, so one prepared statement serves any batch size.
-PG_LOCK = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
-PG_APPEND = (
-    "WITH appended AS (INSERT INTO audit_log (seq, at, actor, action, report_id, outcome, details, "
-    "prev_hash, hash) SELECT * FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::text[])) "
-    "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1"
-)
-
-
-def pg_append_params(rows: list[dict[str, Any]]) -> tuple[Any, ...]:
-    """PG_APPEND's parameters for rows from chain()."""
-    return (*([r[c] for r in rows] for c in _COLUMNS), rows[-1]["seq"], rows[-1]["hash"])
-
-
 @dataclass
 class VerifyResult:
     ok: bool

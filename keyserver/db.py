@@ -8,7 +8,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError
@@ -108,33 +108,9 @@ def read(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-class DriverStatement:
-    """A Core statement compiled once for PostgreSQL and run straight on psycopg's cursor.
-
-    For the few statements of the key-release hot path: SQLAlchemy's per-execution work (execution
-    context, parameter processing, result set-up) costs more CPU than psycopg and the round trip together.
-    Only for statements whose parameters and results need no type processing (strings, integers, bytes,
-    booleans). psycopg prepares each statement server-side after a few executions on a connection.
-    """
-
-    def __init__(self, statement: Any) -> None:
-        self._statement = statement
-        self._sql: str | None = None
-
-    def sql(self, engine: Engine) -> str:
-        if self._sql is None:
-            self._sql = str(self._statement.compile(dialect=engine.dialect))
-        return self._sql
-
-
 def psycopg_engine(engine: Engine) -> bool:
     """PostgreSQL through psycopg 3: the backend where the hot path runs on the driver directly."""
     return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
-
-
-def driver_connection(conn: Connection) -> Any:
-    """The psycopg connection under a SQLAlchemy connection (same transaction, same pool slot)."""
-    return conn.connection.driver_connection
 
 
 def alembic_config(url: str) -> AlembicConfig:

@@ -138,25 +138,33 @@ def destroy(
 
 
 class PrivateKeyCache:
-    """Decrypted private keys per (version, ciphertext): each unwrap still reads the row, so a destroyed
-    version is refused at once even by a worker that cached it."""
+    """Decrypted private keys, one per version with the digest of the ciphertext it came from: each unwrap
+    still reads the row, so a destroyed version is refused at once even by a worker that cached it, and a
+    changed ciphertext is decrypted again."""
 
     def __init__(self, master: MasterKey) -> None:
         self._master = master
-        self._cache: dict[tuple[int, bytes], X25519PrivateKey] = {}
+        self._cache: dict[int, tuple[bytes, X25519PrivateKey]] = {}
+
+    def entry(self, version: int, private_key_enc: bytes) -> tuple[bytes, X25519PrivateKey]:
+        """(digest of the ciphertext, private key) for this row of the keks table."""
+        digest = hashlib.sha256(private_key_enc).digest()
+        found = self._cache.get(version)
+        if found is None or found[0] != digest:
+            raw = self._master.decrypt(PURPOSE, private_key_enc, _aad(version))
+            found = self._cache[version] = (digest, X25519PrivateKey.from_private_bytes(raw))
+        return found
 
     def get(self, version: int, private_key_enc: bytes) -> X25519PrivateKey:
-        key = (version, hashlib.sha256(private_key_enc).digest())
-        private = self._cache.get(key)
-        if private is None:
-            raw = self._master.decrypt(PURPOSE, private_key_enc, _aad(version))
-            private = X25519PrivateKey.from_private_bytes(raw)
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != version}
-            self._cache[key] = private
-        return private
+        return self.entry(version, private_key_enc)[1]
+
+    def peek(self, version: int | None) -> tuple[bytes, X25519PrivateKey] | None:
+        """The cached (digest, key) of a version without reading its row: only for work whose result is
+        used after the row has been read and its digest compared (reports.unwrap's early HPKE unwrap)."""
+        return self._cache.get(version) if version is not None else None
 
     def forget(self, version: int) -> None:
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != version}
+        self._cache.pop(version, None)
 
 
 def decrypt_private(master: MasterKey, version: int, private_key_enc: bytes) -> bytes:

@@ -1,78 +1,219 @@
-"""Group commit for key releases: the audit records of concurrent releases share one transaction.
+"""Group commit for key releases: concurrent releases are decided and audited in one transaction.
 
 Appends to the audit chain are serialized (one chain, one head), so one transaction per release makes the
 chain lock — held through each commit's disk flush — the bottleneck. Here the first request to arrive
-becomes the leader: it takes every release waiting in this process, and in ONE write transaction locks
-the chain, re-reads the revocation state of those reports, appends one record per release and commits.
-Each waiting request learns its outcome only after that commit; if the transaction fails, every request in
-it fails and no key is returned. No audit record, no key — for a whole batch at once.
+becomes the leader: it takes every release waiting in this process and, in ONE write transaction, locks the
+chain, reads what the decisions need (the callers' tokens, the KEK rows, the reports' registration and
+revocation), decides each release (reports.decide_in_batch), appends one record per release or denial and
+commits. Each waiting request learns its outcome only after that commit; if the transaction fails, every
+request in it fails and no key is returned. No audit record, no key — for a whole batch at once.
 
-On PostgreSQL (psycopg) the batch's transaction runs on the driver in pipeline mode: BEGIN, chain lock and
-revocation read in one round trip, then the multi-row insert, head move and COMMIT in a second — five round
-trips become two while the chain lock is held, without SQLAlchemy's per-statement CPU. The revocation read
-is a separate statement after the lock statement, so (READ COMMITTED) its snapshot is taken after the lock
-is granted and it sees every revocation committed before. A batch with a report not registered yet takes
-the general path (it inserts the report).
+Reading after the lock means each decision sees every revocation, token revocation, disabled user or
+station and KEK destruction committed before its record is appended. It also means a request thread does no
+database round trip of its own: it checks and prepares its request (reports.unwrap), hands it to the batch
+and sleeps once, which on a busy 2-core machine saves the thread wake-ups a round trip costs.
+
+The data key itself is computed by the request thread before the batch (an HPKE unwrap with the cached
+private key of the header's KEK version): CPU work that reveals nothing, used by the decision only if the
+batch read that same KEK ciphertext, and returned only with a committed "released" record.
+
+On PostgreSQL (psycopg) the batch runs straight on libpq in two round trips: BEGIN, the chain lock and the
+reads in one message, the multi-row insert with the head move and COMMIT in a second — no SQLAlchemy or
+psycopg cursor work per statement. The reads are statements after the lock statement, so (READ COMMITTED)
+their snapshot is taken once the lock is held. A caller named in a report only through a group or a grant
+costs a third round trip for those rows. A batch with a report not registered yet is redone on the general
+path (SQLAlchemy, also SQLite's path), which inserts the report.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select
 
 from keyserver import audit
-from keyserver.db import driver_connection, psycopg_engine, write
-from keyserver.models import reports
+from keyserver.db import psycopg_engine, write
+from keyserver.keks import PrivateKeyCache
+from keyserver.models import api_tokens, keks, reports, stations, users
+from keyserver.users import Principal
 from kiosk.sealing.sealed_file import SealedHeader
 
 MAX_BATCH = 128
-_REVOKED_MANY = select(reports.c.report_id, reports.c.revoked_at).where(
+
+# A token's caller: the columns of users.TOKEN_QUERY (users.principal_from_row reads them) plus the hash.
+TOKEN_COLUMNS = ("token_hash", "kind", "station_id", "id", "username", "role", "email", "disabled", "status")
+_TOKENS = (
+    select(
+        api_tokens.c.token_hash,
+        api_tokens.c.kind,
+        api_tokens.c.station_id,
+        users.c.id,
+        users.c.username,
+        users.c.role,
+        users.c.email,
+        users.c.disabled,
+        stations.c.status,
+    )
+    .select_from(api_tokens)
+    .outerjoin(users, users.c.id == api_tokens.c.user_id)
+    .outerjoin(stations, stations.c.station_id == api_tokens.c.station_id)
+    .where(api_tokens.c.token_hash.in_(bindparam("hashes", expanding=True)), api_tokens.c.revoked.is_(False))
+)
+_KEKS = select(keks.c.version, keks.c.status, keks.c.private_key_enc).where(
+    keks.c.version.in_(bindparam("versions", expanding=True))
+)
+_REPORTS = select(reports.c.report_id, reports.c.header_sha256, reports.c.revoked_at).where(
     reports.c.report_id.in_(bindparam("ids", expanding=True))
 )
-_PG_REVOKED = "SELECT report_id, revoked_at IS NOT NULL FROM reports WHERE report_id = ANY(%s::text[])"
+# The same on PostgreSQL (fast path): each round trip is one simple-query message run with libpq's PQexec
+# (psycopg.pq, which releases the GIL while it waits) and answered by its last statement — the reads as one
+# JSON document. Psycopg's cursor machinery (pipeline mode or not) cost more CPU per batch than the whole
+# transaction on the server. Keys are inlined as array literals (_pg_array, checked), free text as escaped
+# JSON literals. The reads are statements after the lock statement: their snapshot is taken once it holds.
+_PG_READ = (
+    "BEGIN; SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE; "
+    "SELECT json_build_array("
+    "(SELECT json_build_array(seq, hash) FROM audit_head WHERE id = 1), "
+    "(SELECT json_agg(json_build_array(version, status, encode(private_key_enc, 'hex'))) FROM keks "
+    "WHERE version = ANY('{versions}'::int[])), "
+    "(SELECT json_agg(json_build_array(report_id, header_sha256, revoked_at IS NOT NULL)) FROM reports "
+    "WHERE report_id = ANY('{ids}'::text[])), "
+    "(SELECT json_agg(json_build_array(t.token_hash, t.kind, t.station_id, u.id, u.username, u.role, "
+    "u.email, u.disabled, s.status)) FROM api_tokens t LEFT OUTER JOIN users u ON u.id = t.user_id "
+    "LEFT OUTER JOIN stations s ON s.station_id = t.station_id "
+    "WHERE t.token_hash = ANY('{hashes}'::text[]) AND t.revoked IS false))"
+)
+# Only for callers named in a report through a group or a grant: their groups, and the grants for the
+# reports' recipients.
+_PG_POLICY = (
+    "SELECT json_build_array("
+    "(SELECT json_agg(json_build_array(ug.user_id, g.name)) FROM user_groups ug "
+    "JOIN groups g ON g.id = ug.group_id WHERE ug.user_id = ANY('{user_ids}'::int[])), "
+    "(SELECT json_agg(json_build_array(subject_type, subject, recipient)) FROM grants "
+    "WHERE recipient IN (SELECT json_array_elements_text({recipients}::json))))"
+)
+# Append the batch's records and move the chain head in one statement (as audit.PG_APPEND), then commit.
+# A failed statement skips the rest of the message: no COMMIT.
+_PG_APPEND = (
+    "WITH appended AS (INSERT INTO audit_log (seq, at, actor, action, report_id, outcome, details, "
+    "prev_hash, hash) SELECT seq, at, actor, action, report_id, outcome, details, prev_hash, hash "
+    "FROM json_to_recordset({records}::json) AS r(seq int, at text, actor text, action text, "
+    "report_id text, outcome text, details text, prev_hash text, hash text)) "
+    "UPDATE audit_head SET seq = {seq:d}, hash = '{hash}' WHERE id = 1; COMMIT"
+)
+_ARRAY_ITEM = re.compile(r"[0-9A-Za-z_.-]+")
+
+
+def _pg_array(values: list[Any]) -> str:
+    """A PostgreSQL array literal of these keys (hex token hashes, report ids, KEK versions), which are
+    checked to need no quoting."""
+    items = [str(v) for v in values]
+    if not all(_ARRAY_ITEM.fullmatch(item) for item in items):
+        raise ValueError("unexpected characters in a lookup key")
+    return "{" + ",".join(items) + "}"
+
+
+class GeneralPathNeeded(Exception):
+    """A decision needs what only the general path does (a report to register)."""
+
+
+class PolicyRowsNeeded(Exception):
+    """A decision on the fast path needs the caller's groups and the grants for these recipients."""
+
+    def __init__(self, user_id: int | None, recipients: set[str]) -> None:
+        super().__init__(user_id, recipients)
+        self.user_id, self.recipients = user_id, recipients
+
+
+def _held_lock() -> Any:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
 
 @dataclass
 class Pending:
-    actor: str
-    action: str
+    """One key release request: what its request thread checked and computed, and the batch's outcome."""
+
+    action: str  # key.release | key.delivery
+    delivery: bool
     header: SealedHeader
-    details: dict[str, Any]
-    # Set once: when the record is committed (or its batch failed), or when this request must lead.
-    wake: threading.Event = field(default_factory=threading.Event)
-    done: bool = False
+    header_dict: dict[str, Any]
+    header_sha: str  # SHA-256 of the canonical header (as registered)
+    wrapped: bytes
+    details: dict[str, Any]  # the audit details known before the batch (ip, via, kek_version, station_id)
+    principal: Principal | None  # the caller if already known (browser session); None: by token_hash
+    token_hash: str | None
+    keys: PrivateKeyCache
+    # (digest of the KEK ciphertext, data key or None if it did not unwrap): HPKE done by the request thread
+    # with the cached private key, used only if the batch reads that same ciphertext.
+    early: tuple[bytes, bytes | None] | None = None
+    # Set by the batch's decision:
+    actor: str = "anonymous"
+    outcome: str = ""  # released | denied | "" (no record: the request failed, see error)
+    audit_details: dict[str, Any] = field(default_factory=dict)
+    denied: Exception | None = None  # reports.Denied, already audited
+    data_key: bytes | None = None
     seq: int = 0
-    revoked: bool = False
     error: BaseException | None = None
+    # Released once: when the record is committed (or its batch failed), or when this request must lead. A
+    # bare lock, held from the start, costs a fraction of a threading.Event (a Condition and a lock per wait).
+    wake: Any = field(default_factory=_held_lock)
+    done: bool = False
+
+
+@dataclass
+class BatchState:
+    """What the batch read after taking the chain lock."""
+
+    tokens: dict[str, dict[str, Any]]  # token hash -> caller row (TOKEN_COLUMNS), valid tokens only
+    keks: dict[int, tuple[str, bytes | None]]  # version -> (status, private_key_enc)
+    reports: dict[str, tuple[str, bool]]  # report_id -> (header_sha256, revoked)
+    conn: Connection | None  # the general path's connection (for further queries); None on the fast path
+    # Fast path, read only when a decision asks for them (PolicyRowsNeeded):
+    groups: dict[int, list[str]] | None = None  # user id -> group names
+    grants: list[tuple[str, str, str]] | None = None  # (subject_type, subject, recipient)
+
+
+Decide = Callable[[Pending, BatchState], None]
 
 
 class ReleaseBatcher:
-    def __init__(self, engine: Engine, insert_report: Any) -> None:
+    def __init__(self, engine: Engine, decide: Decide) -> None:
         self._engine = engine
-        self._insert_report = insert_report
+        self._decide = decide
         self._lock = threading.Lock()
         self._queue: list[Pending] = []
         self._leading = False
         self._fast = psycopg_engine(engine)
+        if self._fast:
+            from psycopg import DatabaseError  # psycopg only where it is used
+            from psycopg.pq import Escaping, ExecStatus
+
+            self._escaping, self._database_error = Escaping, DatabaseError
+            self._ok = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
 
     def commit(self, item: Pending) -> Pending:
-        """Record this release (or its revocation denial); returns once committed, raises if not.
+        """Decide and record this release; returns once its record is committed, raises if it is not.
 
-        A leader writes batches only until its own record is committed, then hands over to the oldest
-        waiting request, so no request serves everyone else's records for long under sustained load. Each
-        waiting thread sleeps on its own event and is woken exactly once — when its record is committed or
-        when it is to lead — not on every batch (a context switch costs tens of µs of CPU on a busy VM).
+        The outcome is in ``item`` (``denied`` or ``data_key``). A leader writes batches only until its own
+        record is committed, then hands over to the oldest waiting request, so no request serves everyone
+        else's records for long under sustained load. Each waiting thread sleeps on its own lock and is
+        woken exactly once — when its record is committed or when it is to lead — not on every batch (a
+        context switch costs tens of µs of CPU on a busy VM).
         """
         with self._lock:
             self._queue.append(item)
             follower = self._leading
             self._leading = True
         if follower:
-            item.wake.wait()
+            item.wake.acquire()
         while not item.done:
             with self._lock:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
@@ -94,82 +235,169 @@ class ReleaseBatcher:
                         self._leading = False
             for pending in batch:
                 if pending is not item:
-                    pending.wake.set()
+                    pending.wake.release()
             if successor is not None:
-                successor.wake.set()
+                successor.wake.release()
         if item.error is not None:
             raise item.error
         return item
 
-    def _write(self, conn: Connection, batch: list[Pending]) -> None:
-        head = audit.lock(conn)  # after the lock: sees every revocation committed before it
-        ids = sorted({item.header.report_id for item in batch})
-        state = {r.report_id: r.revoked_at is not None for r in conn.execute(_REVOKED_MANY, {"ids": ids})}
+    def _decide_all(
+        self, batch: list[Pending], state: BatchState, policy_rows: Callable[..., None] | None = None
+    ) -> list[Pending]:
+        """Decide every release of the batch; returns those to record, in batch order (a request whose
+        decision failed unexpectedly gets no record and no key: it fails). Decisions that need policy rows
+        wait until ``policy_rows(state, user_ids, recipients)`` has read them for all of them at once."""
+        deferred: list[Pending] = []
+        user_ids: set[int] = set()
+        recipients: set[str] = set()
         for item in batch:
-            if item.header.report_id not in state:
-                # Sealed offline and not registered yet: the header is authentic (it unwrapped), record it.
-                self._insert_report(conn, item.header)
-                state[item.header.report_id] = False
-                item.details["first_seen"] = True
-        for item, seq in zip(batch, audit.append_many(conn, _entries(batch, state), head=head), strict=True):
+            try:
+                self._decide_one(item, state)
+            except PolicyRowsNeeded as need:
+                if policy_rows is None:
+                    raise GeneralPathNeeded from need
+                deferred.append(item)
+                if need.user_id is not None:
+                    user_ids.add(need.user_id)
+                recipients |= need.recipients
+        if deferred:
+            assert policy_rows is not None
+            policy_rows(state, sorted(user_ids), sorted(recipients))
+            for item in deferred:
+                try:
+                    self._decide_one(item, state)
+                except PolicyRowsNeeded as need:
+                    raise GeneralPathNeeded from need
+        return [item for item in batch if item.outcome]
+
+    def _decide_one(self, item: Pending, state: BatchState) -> None:
+        item.error, item.outcome = None, ""
+        try:
+            self._decide(item, state)
+        except (GeneralPathNeeded, PolicyRowsNeeded):
+            raise
+        except Exception as exc:
+            item.error, item.outcome = exc, ""
+
+    def _write(self, conn: Connection, batch: list[Pending]) -> None:
+        head = audit.lock(conn)  # after the lock: the reads see every change committed before it
+        hashes = sorted({item.token_hash for item in batch if item.token_hash is not None})
+        tokens = (
+            {r.token_hash: dict(r._mapping) for r in conn.execute(_TOKENS, {"hashes": hashes})}
+            if hashes
+            else {}
+        )
+        versions = sorted({v for item in batch if (v := item.header.kek_version) is not None})
+        ids = sorted({item.header.report_id for item in batch})
+        state = BatchState(
+            tokens=tokens,
+            keks={
+                r.version: (r.status, r.private_key_enc) for r in conn.execute(_KEKS, {"versions": versions})
+            },
+            reports={
+                r.report_id: (r.header_sha256, r.revoked_at is not None)
+                for r in conn.execute(_REPORTS, {"ids": ids})
+            },
+            conn=conn,
+        )
+        recorded = self._decide_all(batch, state)
+        for item, seq in zip(recorded, audit.append_many(conn, _entries(recorded), head=head), strict=True):
             item.seq = seq
 
     def _write_pg(self, batch: list[Pending]) -> bool:
-        """The batch in one transaction straight on psycopg; False (nothing written) if a report of the
-        batch is not registered yet."""
+        """The batch in one transaction straight on libpq, in two round trips (three if a caller is named
+        only through a group or grant); False (nothing written) if it needs the general path."""
+        hashes = sorted({item.token_hash for item in batch if item.token_hash is not None})
+        versions = sorted({v for item in batch if (v := item.header.kek_version) is not None})
         ids = sorted({item.header.report_id for item in batch})
-        with self._engine.connect() as sa_conn:
-            pg = driver_connection(sa_conn)
+        read = _PG_READ.format(versions=_pg_array(versions), ids=_pg_array(ids), hashes=_pg_array(hashes))
+        raw = self._engine.raw_connection()
+        pg = raw.driver_connection
+        try:
+            # psycopg's documented libpq layer (psycopg.pq); the connection is this batch's alone.
+            pgconn, encoding = pg.pgconn, pg.info.encoding
+            head, kek_rows, report_rows, token_rows = json.loads(self._exec(pgconn, read, encoding))
+            state = BatchState(
+                tokens={r[0]: dict(zip(TOKEN_COLUMNS, r, strict=True)) for r in token_rows or []},
+                keks={
+                    r[0]: (r[1], bytes.fromhex(r[2]) if r[2] is not None else None) for r in kek_rows or []
+                },
+                reports={r[0]: (r[1], r[2]) for r in report_rows or []},
+                conn=None,
+            )
+
+            def policy_rows(state: BatchState, user_ids: list[int], recipients: list[str]) -> None:
+                targets = json.dumps([*recipients, "*"]).encode()
+                query = _PG_POLICY.format(
+                    user_ids=_pg_array(user_ids),
+                    recipients=self._escaping(pgconn).escape_literal(targets).decode(),
+                )
+                memberships, grants = json.loads(self._exec(pgconn, query, encoding))
+                state.groups = {user_id: [] for user_id in user_ids}
+                for user_id, name in memberships or []:
+                    state.groups[user_id].append(name)
+                state.grants = [(r[0], r[1], r[2]) for r in grants or []]
+
             try:
-                with pg.pipeline():
-                    head_cursor = pg.execute(audit.PG_LOCK, prepare=True)
-                    state_cursor = pg.execute(_PG_REVOKED, (ids,), prepare=True)
-                head = head_cursor.fetchone()
-                state = dict(state_cursor.fetchall())
-                if len(state) != len(ids):
-                    pg.rollback()
-                    return False
-                rows = audit.chain(_entries(batch, state), head[0], head[1])
-                with pg.pipeline():
-                    pg.execute(audit.PG_APPEND, audit.pg_append_params(rows), prepare=True)
-                    pg.commit()
-            except BaseException:
-                try:
-                    pg.rollback()
-                except Exception:
-                    sa_conn.invalidate()
-                raise
-        for item, row in zip(batch, rows, strict=True):
+                recorded = self._decide_all(batch, state, policy_rows)
+            except GeneralPathNeeded:
+                return False  # rolled back below
+            rows = audit.chain(_entries(recorded), head[0], head[1])
+            if rows:
+                records = json.dumps(rows, separators=(",", ":")).encode()
+                append = _PG_APPEND.format(
+                    records=self._escaping(pgconn).escape_literal(records).decode(),
+                    seq=rows[-1]["seq"],
+                    hash=rows[-1]["hash"],
+                )
+                self._exec(pgconn, append, encoding, commit=True)
+            else:
+                self._exec(pgconn, "COMMIT", encoding, commit=True)
+        finally:
+            try:
+                pg.rollback()  # no round trip once committed; otherwise ends the failed or unused transaction
+            except Exception:
+                raw.invalidate()
+            raw.close()
+        for item, row in zip(recorded, rows, strict=True):
             item.seq = row["seq"]
         return True
 
+    def _exec(self, pgconn: Any, query: str, encoding: str, *, commit: bool = False) -> Any:
+        """Run a message of statements: the single value of the last one (a SELECT), or (``commit``)
+        check that the last one committed."""
+        result = pgconn.exec_(query.encode(encoding))
+        status = (result.command_status or b"").decode(encoding)
+        if result.status not in self._ok or not status.startswith("COMMIT" if commit else "SELECT"):
+            message = (result.error_message or b"").decode(encoding, errors="replace").strip()
+            raise self._database_error(f"release batch: {message or status or 'no result'}")
+        return None if commit else result.get_value(0, 0).decode(encoding)
 
-def _entries(batch: list[Pending], revoked: dict[str, bool]) -> list[dict[str, Any]]:
-    """One audit entry per release, in batch order; marks the revoked ones (denied)."""
-    entries = []
-    for item in batch:
-        item.revoked = revoked[item.header.report_id]
-        if item.revoked:
-            item.details["reason"] = "revoked"
-        entries.append(
-            {
-                "actor": item.actor,
-                "action": item.action,
-                "report_id": item.header.report_id,
-                "outcome": "denied" if item.revoked else "released",
-                "details": item.details,
-            }
-        )
-    return entries
+
+def _entries(recorded: list[Pending]) -> list[dict[str, Any]]:
+    """One audit entry per decided release or denial, in batch order."""
+    return [
+        {
+            "actor": item.actor,
+            "action": item.action,
+            "report_id": item.header.report_id,
+            "outcome": item.outcome,
+            "details": item.audit_details,
+        }
+        for item in recorded
+    ]
 
 
 _batchers: weakref.WeakKeyDictionary[Engine, ReleaseBatcher] = weakref.WeakKeyDictionary()
 _batchers_lock = threading.Lock()
 
 
-def batcher(engine: Engine, insert_report: Any) -> ReleaseBatcher:
-    with _batchers_lock:
-        found = _batchers.get(engine)
-        if found is None:
-            found = _batchers[engine] = ReleaseBatcher(engine, insert_report)
-        return found
+def batcher(engine: Engine, decide: Decide) -> ReleaseBatcher:
+    found = _batchers.get(engine)
+    if found is None:
+        with _batchers_lock:
+            found = _batchers.get(engine)
+            if found is None:
+                found = _batchers[engine] = ReleaseBatcher(engine, decide)
+    return found

@@ -1,9 +1,11 @@
 """Reports: registration, key release (recipient unwrap, station delivery), revocation.
 
-Key release order, modelled on Vault transit / KMS: validate the header, unwrap with the KEK (which also
-proves the header is the one the station sealed: its canonical bytes are the HPKE ``info``), decide, then —
-in one write transaction holding the audit chain lock — re-read the revocation state, append the audit
-record and commit. Only after the commit does the caller see the key. Every denial is audited too.
+Key release order, modelled on Vault transit / KMS: validate the request and the header, then — in one
+write transaction holding the audit chain lock (release.py, shared by concurrent releases) — read the
+caller's token, the KEK, the policy rows and the report's registration and revocation, decide (the HPKE
+unwrap with the KEK also proves the header is the one the station sealed: its canonical bytes are the HPKE
+``info``), append the audit record and commit. Only after the commit does the caller see the key. Every
+denial is audited too.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, or_, select, update
 
 from keyserver import audit, release
-from keyserver.db import DriverStatement, driver_connection, psycopg_engine, read, utcnow, write
+from keyserver.db import utcnow, write
 from keyserver.keks import PrivateKeyCache
-from keyserver.models import grants, inbox_files, keks, report_recipients, reports
-from keyserver.users import TOKEN_QUERY, Principal, hash_token, principal_from_row, user_groups_of
+from keyserver.models import grants, inbox_files, report_recipients, reports
+from keyserver.users import Principal, hash_token, principal_from_row, user_groups_of
 from kiosk.sealing import envelope
 from kiosk.sealing.sealed_file import SealedHeader
 
@@ -38,38 +40,6 @@ class Release:
     report_id: str
     kek_version: int
     audit_seq: int
-
-
-# Hot-path statements, built once (building a statement costs more CPU than executing it).
-# One round trip for everything a release decision needs about the key and the report:
-_DECIDE_COLUMNS = (
-    select(keks.c.status).where(keks.c.version == bindparam("version")).scalar_subquery().label("kek_status"),
-    select(keks.c.private_key_enc)
-    .where(keks.c.version == bindparam("version"))
-    .scalar_subquery()
-    .label("enc"),
-    select(reports.c.header_sha256)
-    .where(reports.c.report_id == bindparam("report_id"))
-    .scalar_subquery()
-    .label("registered"),
-)
-_DECIDE = select(*_DECIDE_COLUMNS)
-# The same plus the caller's token (API calls): credentials, key and report in a single round trip.
-_DECIDE_WITH_TOKEN = TOKEN_QUERY.add_columns(*_DECIDE_COLUMNS)
-_DECIDE_PG = DriverStatement(_DECIDE)
-_DECIDE_WITH_TOKEN_PG = DriverStatement(_DECIDE_WITH_TOKEN)
-
-
-def _decision_row(
-    engine: Engine, conn: Connection, statement: Any, on_driver: DriverStatement, params: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The one row of a decision query (PostgreSQL: straight on psycopg, a prepared statement)."""
-    if psycopg_engine(engine):
-        cursor = driver_connection(conn).execute(on_driver.sql(engine), params, prepare=True)
-        row = cursor.fetchone()
-        return None if row is None else dict(zip([c.name for c in cursor.description], row, strict=True))
-    found = conn.execute(statement, params).first()
-    return None if found is None else dict(found._mapping)
 
 
 def parse_header(value: Any) -> SealedHeader:
@@ -154,6 +124,30 @@ def _granted(conn: Connection, principal: Principal, group_names: list[str], rec
     return conn.execute(select(grants.c.id).where(subject, target).limit(1)).first() is not None
 
 
+def _named_or_granted(state: release.BatchState, principal: Principal, recipients: set[str]) -> bool:
+    """A user not named in the header: through a group, or a grant to their role or a group (the same rule
+    as identities() and _granted(), on the general path with their queries, on the fast path with the rows
+    the batch read for it)."""
+    if state.conn is not None:
+        names, group_names = identities(state.conn, principal)
+        return bool(names & recipients) or _granted(state.conn, principal, group_names, recipients)
+    user_id = principal.user_id
+    if state.groups is None or state.grants is None or (user_id is not None and user_id not in state.groups):
+        raise release.PolicyRowsNeeded(user_id, recipients)
+    group_names = state.groups[user_id] if user_id is not None else []
+    names = {principal.name.lower(), *(g.lower() for g in group_names)}
+    if principal.email:
+        names.add(principal.email.lower())
+    if names & recipients:
+        return True
+    targets, groups = {*recipients, "*"}, set(group_names or [""])
+    return any(
+        recipient in targets
+        and ((kind == "role" and subject == principal.role) or (kind == "group" and subject in groups))
+        for kind, subject, recipient in state.grants
+    )
+
+
 def unwrap(
     engine: Engine,
     cache: PrivateKeyCache,
@@ -166,28 +160,29 @@ def unwrap(
 ) -> Release:
     """Release a data key or raise Denied; both outcomes are audited before this returns.
 
-    The caller is either a known ``principal`` (browser session) or an API ``token`` not yet looked up:
-    then the lookup shares the decision's query.
+    The caller is either a known ``principal`` (browser session) or an API ``token`` not yet looked up.
+    What needs no database is checked here, by the request thread; the rest — the token, the KEK, the
+    policy, the registration and revocation — is decided in the release batch's transaction after the
+    audit chain lock (decide_in_batch), where the record of either outcome is appended (release.py).
     """
     action = "key.delivery" if delivery else "key.release"
-    header_value = body.get("header") if isinstance(body, dict) else None
-    report_id = header_value.get("report_id") if isinstance(header_value, dict) else None
     details: dict[str, Any] = {"ip": ip, "via": principal.via if principal else "token"}
-    caller = [principal]  # filled in by _decide when it resolves the token
     try:
-        header, data_key = _decide(
-            engine, cache, caller, body, delivery=delivery, details=details, token=token
+        item = _prepare(
+            cache, principal, body, action=action, delivery=delivery, details=details, token=token
         )
     except Denied as denied:
-        actor = caller[0].actor if caller[0] else "anonymous"
+        header_value = body.get("header") if isinstance(body, dict) else None
+        report_id = header_value.get("report_id") if isinstance(header_value, dict) else None
+        actor = principal.actor if principal else "anonymous"
         record_denial(engine, actor, action, denied, report_id=_safe_id(report_id), details=details)
         raise
-    actor = caller[0].actor  # type: ignore[union-attr]
     # Group commit (release.py): this returns only once the audit record is committed.
-    item = release.batcher(engine, _insert_report).commit(release.Pending(actor, action, header, details))
-    if item.revoked:
-        raise Denied(403, "revoked", "this report has been revoked")
-    return Release(data_key, header.report_id, header.kek_version or 0, item.seq)
+    release.batcher(engine, decide_in_batch).commit(item)
+    if item.denied is not None:
+        raise item.denied
+    assert item.data_key is not None
+    return Release(item.data_key, item.header.report_id, item.header.kek_version or 0, item.seq)
 
 
 def _safe_id(value: Any) -> str | None:
@@ -204,18 +199,29 @@ def _check_caller(principal: Principal, delivery: bool) -> None:
         raise Denied(403, "role_forbidden", "auditors cannot open reports")
 
 
-def _decide(
-    engine: Engine,
+def _unwrapped(wrapped: bytes, header: dict[str, Any], private: Any) -> bytes | None:
+    try:
+        return envelope.unwrap(wrapped, header, private)
+    except envelope.UnwrapError:
+        return None
+
+
+def _prepare(
     cache: PrivateKeyCache,
-    caller: list[Principal | None],
+    principal: Principal | None,
     body: Any,
     *,
+    action: str,
     delivery: bool,
     details: dict[str, Any],
     token: str | None,
-) -> tuple[SealedHeader, bytes]:
-    if caller[0] is not None:
-        _check_caller(caller[0], delivery)
+) -> release.Pending:
+    """The request thread's part: every check that needs no database (in the order the caller sees the
+    refusals), and the HPKE unwrap with the cached private key of the header's KEK version. That early
+    unwrap is only a computation: its result is used by the batch, after the KEK row has been read and
+    found to be the same ciphertext, and only once every check of the decision has passed."""
+    if principal is not None:
+        _check_caller(principal, delivery)
     if not isinstance(body, dict) or not isinstance(body.get("wrapped_key"), str):
         raise Denied(400, "malformed_request", "expected a JSON object with header and wrapped_key")
     header = parse_header(body.get("header"))
@@ -225,43 +231,84 @@ def _decide(
         wrapped = envelope.b64decode(body["wrapped_key"])
     except ValueError as exc:
         raise Denied(400, "malformed_request", "wrapped_key is not base64url") from exc
-    params = {"version": header.kek_version, "report_id": header.report_id}
-    with read(engine) as conn:
-        if caller[0] is None:
-            params["token_hash"] = hash_token(token or "")
-            row = _decision_row(engine, conn, _DECIDE_WITH_TOKEN, _DECIDE_WITH_TOKEN_PG, params)
-            caller[0] = principal_from_row(row) if row is not None else None
-            if caller[0] is None:
+    header_dict = header.as_dict()
+    item = release.Pending(
+        action=action,
+        delivery=delivery,
+        header=header,
+        header_dict=header_dict,
+        header_sha=hashlib.sha256(envelope.canonical_json(header_dict)).hexdigest(),
+        wrapped=wrapped,
+        details=details,
+        principal=principal,
+        token_hash=hash_token(token or "") if principal is None else None,
+        keys=cache,
+    )
+    cached = cache.peek(header.kek_version)
+    if cached is not None:
+        item.early = (cached[0], _unwrapped(wrapped, header_dict, cached[1]))
+    return item
+
+
+def decide_in_batch(item: release.Pending, state: release.BatchState) -> None:
+    """Decide one release from what its batch read after taking the audit chain lock (release.py).
+
+    Sets the outcome on ``item``: ``released`` with the data key, or ``denied`` with the Denied to raise;
+    the batch records either in its transaction. On the fast path (``state.conn`` None) it raises
+    release.PolicyRowsNeeded when the caller is not named and the batch has not read the group and grant
+    rows yet, and release.GeneralPathNeeded when the report must be registered first.
+    """
+    header, details = item.header, dict(item.details)
+    item.audit_details, item.denied, item.data_key = details, None, None
+    principal: Principal | None = item.principal
+    item.actor = principal.actor if principal else "anonymous"
+    try:
+        if principal is None:
+            row = state.tokens.get(item.token_hash or "")
+            principal = principal_from_row(row) if row is not None else None
+            if principal is None:
                 details["bad_token"] = True
                 raise Denied(401, "unauthenticated", "sign in or present a valid token")
-            _check_caller(caller[0], delivery)
-        else:
-            row = _decision_row(engine, conn, _DECIDE, _DECIDE_PG, params)
-        assert row is not None  # a select of scalar subqueries only always has one row
-        principal = caller[0]
-        registered = row["registered"]
-        if row["kek_status"] is None:
+            item.actor = principal.actor
+            _check_caller(principal, item.delivery)
+        kek = state.keks.get(header.kek_version) if header.kek_version is not None else None
+        if kek is None:
             raise Denied(404, "unknown_kek", f"no key version {header.kek_version} on this key server")
-        if row["kek_status"] == "destroyed" or row["enc"] is None:
+        status, enc = kek
+        if status == "destroyed" or enc is None:
             raise Denied(410, "kek_destroyed", "the key for this report was destroyed; it cannot be opened")
-        private = cache.get(header.kek_version, row["enc"])
-        if delivery:
+        digest, private = item.keys.entry(header.kek_version, enc)
+        if item.delivery:
             if header.station_id != principal.name:
                 raise Denied(403, "not_sealing_station", "a station may only fetch keys of reports it sealed")
         else:
             recipients = {r.strip().lower() for r in header.recipients}
             direct = {principal.name.lower(), (principal.email or "").lower()} & recipients
-            if not direct:  # groups and grants only when the user is not named: saves queries on the hot path
-                names, group_names = identities(conn, principal)
-                if not (names & recipients) and not _granted(conn, principal, group_names, recipients):
-                    raise Denied(403, "not_recipient", "you are not a recipient of this report")
-    try:
-        data_key = envelope.unwrap(wrapped, header.as_dict(), private)
-    except envelope.UnwrapError as exc:
-        raise Denied(400, "tampered", "the header or wrapped key was altered; refusing") from exc
-    if registered is not None and registered != header_sha256(header):
-        raise Denied(409, "header_conflict", "this header differs from the one the station registered")
-    return header, data_key
+            if not direct and not _named_or_granted(state, principal, recipients):
+                raise Denied(403, "not_recipient", "you are not a recipient of this report")
+        if item.early is not None and item.early[0] == digest:
+            data_key = item.early[1]
+        else:
+            data_key = _unwrapped(item.wrapped, item.header_dict, private)
+        if data_key is None:
+            raise Denied(400, "tampered", "the header or wrapped key was altered; refusing")
+        registered = state.reports.get(header.report_id)
+        if registered is not None and registered[0] != item.header_sha:
+            raise Denied(409, "header_conflict", "this header differs from the one the station registered")
+        if registered is not None and registered[1]:
+            raise Denied(403, "revoked", "this report has been revoked")
+        if registered is None:
+            # Sealed offline and not registered yet: the header is authentic (it unwrapped), record it.
+            if state.conn is None:
+                raise release.GeneralPathNeeded
+            _insert_report(state.conn, header)
+            state.reports[header.report_id] = (item.header_sha, False)
+            details["first_seen"] = True
+    except Denied as denied:
+        details["reason"] = denied.reason
+        item.outcome, item.denied = "denied", denied
+        return
+    item.outcome, item.data_key = "released", data_key
 
 
 def record_denial(

@@ -141,11 +141,13 @@ new_secret "$etc/backup.passphrase"
 if [ ! -e "$root/etc/default/keyserver" ]; then
   put_text /etc/default/keyserver 0644 <<'DEFAULTS'
 # Settings for keyserver.service (kept across reinstalls); restart the service after a change.
-# Workers: about one per core with PostgreSQL (docs/performance.md). Bind: 127.0.0.1 behind Caddy on this
+# Workers: one batches audit commits best; 2 add capacity at more CPU per release (docs/performance.md).
+# Bind: 127.0.0.1 behind Caddy on this
 # host; a private address (and a firewall) when Caddy runs on another host.
 #KEYSERVER_BIND=127.0.0.1:8700
 #KEYSERVER_WORKERS=1     # one process batches audit commits best; see docs/keyserver.md
 #KEYSERVER_THREADS=16
+#KEYSERVER_PIN_WORKERS=1  # pin each worker to one CPU (keyserver.gunicorn_conf); 0 turns it off
 DEFAULTS
 fi
 make_dir "$backups" 0700 keyserver:keyserver
