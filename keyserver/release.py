@@ -40,8 +40,8 @@ from sqlalchemy import Connection, Engine, bindparam, select
 from keyserver import audit
 from keyserver.db import psycopg_engine, write
 from keyserver.keks import PrivateKeyCache
-from keyserver.models import api_tokens, keks, reports, stations, users
-from keyserver.users import Principal
+from keyserver.models import api_tokens, keks, reports
+from keyserver.users import TOKEN_CALLER_COLUMNS, TOKEN_CALLER_FROM, Principal
 from kiosk.sealing.sealed_file import SealedHeader
 
 MAX_BATCH = 128
@@ -49,20 +49,8 @@ MAX_BATCH = 128
 # A token's caller: the columns of users.TOKEN_QUERY (users.principal_from_row reads them) plus the hash.
 TOKEN_COLUMNS = ("token_hash", "kind", "station_id", "id", "username", "role", "email", "disabled", "status")
 _TOKENS = (
-    select(
-        api_tokens.c.token_hash,
-        api_tokens.c.kind,
-        api_tokens.c.station_id,
-        users.c.id,
-        users.c.username,
-        users.c.role,
-        users.c.email,
-        users.c.disabled,
-        stations.c.status,
-    )
-    .select_from(api_tokens)
-    .outerjoin(users, users.c.id == api_tokens.c.user_id)
-    .outerjoin(stations, stations.c.station_id == api_tokens.c.station_id)
+    select(api_tokens.c.token_hash, *TOKEN_CALLER_COLUMNS)
+    .select_from(TOKEN_CALLER_FROM)
     .where(api_tokens.c.token_hash.in_(bindparam("hashes", expanding=True)), api_tokens.c.revoked.is_(False))
 )
 _KEKS = select(keks.c.version, keks.c.status, keks.c.private_key_enc).where(

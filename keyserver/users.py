@@ -267,21 +267,24 @@ def create_token(conn: Connection, username: str, *, actor: str, name: str | Non
     return token
 
 
+# A token's caller (principal_from_row reads these columns), with the user's and the station's state.
+TOKEN_CALLER_COLUMNS = (
+    api_tokens.c.kind,
+    api_tokens.c.station_id,
+    users.c.id,
+    users.c.username,
+    users.c.role,
+    users.c.email,
+    users.c.disabled,
+    stations.c.status,
+)
+TOKEN_CALLER_FROM = api_tokens.outerjoin(users, users.c.id == api_tokens.c.user_id).outerjoin(
+    stations, stations.c.station_id == api_tokens.c.station_id
+)
 # Built once: constructing a statement costs more CPU than running it (this runs on every API request).
 TOKEN_QUERY = (
-    select(
-        api_tokens.c.kind,
-        api_tokens.c.station_id,
-        users.c.id,
-        users.c.username,
-        users.c.role,
-        users.c.email,
-        users.c.disabled,
-        stations.c.status,
-    )
-    .select_from(api_tokens)
-    .outerjoin(users, users.c.id == api_tokens.c.user_id)
-    .outerjoin(stations, stations.c.station_id == api_tokens.c.station_id)
+    select(*TOKEN_CALLER_COLUMNS)
+    .select_from(TOKEN_CALLER_FROM)
     .where(api_tokens.c.token_hash == bindparam("token_hash"), api_tokens.c.revoked.is_(False))
 )
 
