@@ -9,7 +9,7 @@ import re
 import time
 import zlib
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.app.conftest import (
     CAPTURE_PIN,
@@ -260,6 +260,28 @@ def test_withdrawing_consent_wipes(page: Page, station: Station) -> None:
     page.get_by_test_id("withdraw").click()
     page.get_by_test_id("confirm-yes").click()
     expect(page.get_by_test_id("notice")).to_contain_text("Consent withdrawn")
+    assert station.runtime.sessions.current is None
+
+
+def test_status_poll_does_not_overtake_a_slow_withdraw_answer(page: Page, station: Station) -> None:
+    """Regression (seen in CI): the server ended the session and cleared the cookie, but the answer reached
+    the page late; the old page's status poll saw 'no session, no reason' and replaced the navigation with
+    the generic notice. Here the answer is held back for longer than two polls."""
+    sign_in_with_pin(page)
+    type_patient(page)
+    verbal_consent(page)
+    take_photos(page, 1)
+
+    def slow_answer(route: Route) -> None:
+        answer = route.fetch(max_redirects=0)  # the server ends the session and clears the cookie now
+        time.sleep(2.5)
+        route.fulfill(response=answer)
+
+    page.route("**/consent/withdraw", slow_answer)
+    page.get_by_test_id("withdraw").click()
+    page.get_by_test_id("confirm-yes").click()
+    expect(page.get_by_test_id("notice")).to_contain_text("Consent withdrawn")
+    assert "ended=withdrawn" in page.url
     assert station.runtime.sessions.current is None
 
 

@@ -84,17 +84,27 @@
       ping(true);
       overlay.classList.add("hidden");
     });
+    // While this page's own navigation is on its way (a form post that ends the session, say), the
+    // server may already have cleared the cookie: a poll in between sees "no session, no reason" and
+    // must not replace the answer that carries the real reason. A stalled navigation is ignored for 10 s.
+    let leavingSince = 0;
+    window.addEventListener("beforeunload", () => { leavingSince = Date.now(); });
+    window.addEventListener("pageshow", () => { leavingSince = 0; });
     const poll = async () => {
       try {
         const r = await fetch("/api/status", { credentials: "same-origin" });
         const j = await r.json();
+        if (!j.session && Date.now() - leavingSince < 10000) {
+          setTimeout(poll, 1000);
+          return;
+        }
         if (!j.session) {
           if (j.ended === "sent") {
             // Send finished while this page waited for its answer: show the confirmation, not sign-in.
             location.replace("/done");
             return;
           }
-          const notice = { "idle-timeout": "idle", cancelled: "cancel" }[j.ended] || j.ended || "1";
+          const notice = { "idle-timeout": "idle", cancelled: "cancel", "consent-withdrawn": "withdrawn" }[j.ended] || j.ended || "1";
           location.replace("/?ended=" + encodeURIComponent(notice));
           return;
         }
