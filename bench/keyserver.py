@@ -1,7 +1,7 @@
 """Key server benchmark: unwrap-with-audit vs a no-op endpoint, served as production serves it.
 
-For each backend (SQLite, and PostgreSQL in a throwaway *durable* cluster) the key server runs under
-gunicorn (gthread workers) on a free 127.0.0.1 port. Client processes with keep-alive connections send
+For each backend (SQLite, and PostgreSQL in a throwaway *durable* cluster, reached over its Unix socket as
+in production) the key server runs under gunicorn (gthread workers) on a free 127.0.0.1 port. Client processes with keep-alive connections send
 GET /healthz (no database, no auth: the stack's ceiling) and POST /v1/unwrap (token lookup, policy, HPKE
 unwrap, audit append + commit) in two ways, each endpoint measured by the same client code in the same run:
 
@@ -579,7 +579,8 @@ def main() -> None:
         cluster = Cluster(durable=True) if backend == "postgresql" else None
         port = free_port()
         try:
-            url = cluster.url() if cluster else ""
+            # over the Unix socket, as the production recipe connects (deploy/keyserver: host=/run/postgresql)
+            url = cluster.socket_url() if cluster else ""
             config_path, token, bodies = prepare(directory, url, port)
             workers = args.sqlite_workers if backend == "sqlite" else args.workers
             threads = args.sqlite_threads if backend == "sqlite" else args.threads

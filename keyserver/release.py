@@ -17,18 +17,16 @@ The data key itself is computed by the request thread before the batch (an HPKE 
 private key of the header's KEK version): CPU work that reveals nothing, used by the decision only if the
 batch read that same KEK ciphertext, and returned only with a committed "released" record.
 
-On PostgreSQL (psycopg) the batch runs straight on libpq in two round trips: BEGIN, the chain lock and the
-reads in one message, the multi-row insert with the head move and COMMIT in a second — no SQLAlchemy or
-psycopg cursor work per statement. The reads are statements after the lock statement, so (READ COMMITTED)
-their snapshot is taken once the lock is held. A caller named in a report only through a group or a grant
-costs a third round trip for those rows. A batch with a report not registered yet is redone on the general
-path (SQLAlchemy, also SQLite's path), which inserts the report.
+On PostgreSQL (psycopg) the batch runs straight on libpq, on one dedicated connection with prepared
+statements (release_pg.py), in two round trips: BEGIN, the chain lock and the reads in one message, the
+multi-row insert with the head move and COMMIT in a second. A caller named in a report only through a group
+or a grant costs a third round trip for those rows. A batch with a report not registered yet is redone on
+the general path (SQLAlchemy, also SQLite's path), which inserts the report.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -41,6 +39,7 @@ from keyserver import audit
 from keyserver.db import psycopg_engine, write
 from keyserver.keks import PrivateKeyCache
 from keyserver.models import api_tokens, keks, reports
+from keyserver.release_pg import PgReleaseConnection
 from keyserver.users import TOKEN_CALLER_COLUMNS, TOKEN_CALLER_FROM, Principal
 from kiosk.sealing.sealed_file import SealedHeader
 
@@ -59,52 +58,6 @@ _KEKS = select(keks.c.version, keks.c.status, keks.c.private_key_enc).where(
 _REPORTS = select(reports.c.report_id, reports.c.header_sha256, reports.c.revoked_at).where(
     reports.c.report_id.in_(bindparam("ids", expanding=True))
 )
-# The same on PostgreSQL (fast path): each round trip is one simple-query message run with libpq's PQexec
-# (psycopg.pq, which releases the GIL while it waits) and answered by its last statement — the reads as one
-# JSON document. Psycopg's cursor machinery (pipeline mode or not) cost more CPU per batch than the whole
-# transaction on the server. Keys are inlined as array literals (_pg_array, checked), free text as escaped
-# JSON literals. The reads are statements after the lock statement: their snapshot is taken once it holds.
-_PG_READ = (
-    "BEGIN; SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE; "
-    "SELECT json_build_array("
-    "(SELECT json_build_array(seq, hash) FROM audit_head WHERE id = 1), "
-    "(SELECT json_agg(json_build_array(version, status, encode(private_key_enc, 'hex'))) FROM keks "
-    "WHERE version = ANY('{versions}'::int[])), "
-    "(SELECT json_agg(json_build_array(report_id, header_sha256, revoked_at IS NOT NULL)) FROM reports "
-    "WHERE report_id = ANY('{ids}'::text[])), "
-    "(SELECT json_agg(json_build_array(t.token_hash, t.kind, t.station_id, u.id, u.username, u.role, "
-    "u.email, u.disabled, s.status)) FROM api_tokens t LEFT OUTER JOIN users u ON u.id = t.user_id "
-    "LEFT OUTER JOIN stations s ON s.station_id = t.station_id "
-    "WHERE t.token_hash = ANY('{hashes}'::text[]) AND t.revoked IS false))"
-)
-# Only for callers named in a report through a group or a grant: their groups, and the grants for the
-# reports' recipients.
-_PG_POLICY = (
-    "SELECT json_build_array("
-    "(SELECT json_agg(json_build_array(ug.user_id, g.name)) FROM user_groups ug "
-    "JOIN groups g ON g.id = ug.group_id WHERE ug.user_id = ANY('{user_ids}'::int[])), "
-    "(SELECT json_agg(json_build_array(subject_type, subject, recipient)) FROM grants "
-    "WHERE recipient IN (SELECT json_array_elements_text({recipients}::json))))"
-)
-# Append the batch's records and move the chain head in one statement (as audit.PG_APPEND), then commit.
-# A failed statement skips the rest of the message: no COMMIT.
-_PG_APPEND = (
-    "WITH appended AS (INSERT INTO audit_log (seq, at, actor, action, report_id, outcome, details, "
-    "prev_hash, hash) SELECT seq, at, actor, action, report_id, outcome, details, prev_hash, hash "
-    "FROM json_to_recordset({records}::json) AS r(seq int, at text, actor text, action text, "
-    "report_id text, outcome text, details text, prev_hash text, hash text)) "
-    "UPDATE audit_head SET seq = {seq:d}, hash = '{hash}' WHERE id = 1; COMMIT"
-)
-_ARRAY_ITEM = re.compile(r"[0-9A-Za-z_.-]+")
-
-
-def _pg_array(values: list[Any]) -> str:
-    """A PostgreSQL array literal of these keys (hex token hashes, report ids, KEK versions), which are
-    checked to need no quoting."""
-    items = [str(v) for v in values]
-    if not all(_ARRAY_ITEM.fullmatch(item) for item in items):
-        raise ValueError("unexpected characters in a lookup key")
-    return "{" + ",".join(items) + "}"
 
 
 class GeneralPathNeeded(Exception):
@@ -179,13 +132,7 @@ class ReleaseBatcher:
         self._lock = threading.Lock()
         self._queue: list[Pending] = []
         self._leading = False
-        self._fast = psycopg_engine(engine)
-        if self._fast:
-            from psycopg import DatabaseError  # psycopg only where it is used
-            from psycopg.pq import Escaping, ExecStatus
-
-            self._escaping, self._database_error = Escaping, DatabaseError
-            self._ok = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+        self._pg = PgReleaseConnection(engine) if psycopg_engine(engine) else None
 
     def commit(self, item: Pending) -> Pending:
         """Decide and record this release; returns once its record is committed, raises if it is not.
@@ -206,7 +153,7 @@ class ReleaseBatcher:
             with self._lock:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                if not (self._fast and self._write_pg(batch)):
+                if not (self._pg is not None and self._write_pg(self._pg, batch)):
                     with write(self._engine) as conn:
                         self._write(conn, batch)
             except BaseException as exc:  # every request of a failed batch fails: none gets a key
@@ -293,19 +240,16 @@ class ReleaseBatcher:
         for item, seq in zip(recorded, audit.append_many(conn, _entries(recorded), head=head), strict=True):
             item.seq = seq
 
-    def _write_pg(self, batch: list[Pending]) -> bool:
-        """The batch in one transaction straight on libpq, in two round trips (three if a caller is named
-        only through a group or grant); False (nothing written) if it needs the general path."""
+    def _write_pg(self, pg: PgReleaseConnection, batch: list[Pending]) -> bool:
+        """The batch in one transaction on the dedicated libpq connection, in two round trips (three if a
+        caller is named only through a group or grant); False (nothing written) if it needs the general
+        path."""
         hashes = sorted({item.token_hash for item in batch if item.token_hash is not None})
         versions = sorted({v for item in batch if (v := item.header.kek_version) is not None})
         ids = sorted({item.header.report_id for item in batch})
-        read = _PG_READ.format(versions=_pg_array(versions), ids=_pg_array(ids), hashes=_pg_array(hashes))
-        raw = self._engine.raw_connection()
-        pg = raw.driver_connection
+        failed = True
         try:
-            # psycopg's documented libpq layer (psycopg.pq); the connection is this batch's alone.
-            pgconn, encoding = pg.pgconn, pg.info.encoding
-            head, kek_rows, report_rows, token_rows = json.loads(self._exec(pgconn, read, encoding))
+            head, kek_rows, report_rows, token_rows = json.loads(pg.begin_and_read(versions, ids, hashes))
             state = BatchState(
                 tokens={r[0]: dict(zip(TOKEN_COLUMNS, r, strict=True)) for r in token_rows or []},
                 keks={
@@ -317,11 +261,7 @@ class ReleaseBatcher:
 
             def policy_rows(state: BatchState, user_ids: list[int], recipients: list[str]) -> None:
                 targets = json.dumps([*recipients, "*"]).encode()
-                query = _PG_POLICY.format(
-                    user_ids=_pg_array(user_ids),
-                    recipients=self._escaping(pgconn).escape_literal(targets).decode(),
-                )
-                memberships, grants = json.loads(self._exec(pgconn, query, encoding))
+                memberships, grants = json.loads(pg.policy(user_ids, targets))
                 state.groups = {user_id: [] for user_id in user_ids}
                 for user_id, name in memberships or []:
                     state.groups[user_id].append(name)
@@ -330,37 +270,20 @@ class ReleaseBatcher:
             try:
                 recorded = self._decide_all(batch, state, policy_rows)
             except GeneralPathNeeded:
+                failed = False
                 return False  # rolled back below
             rows = audit.chain(_entries(recorded), head[0], head[1])
             if rows:
                 records = json.dumps(rows, separators=(",", ":")).encode()
-                append = _PG_APPEND.format(
-                    records=self._escaping(pgconn).escape_literal(records).decode(),
-                    seq=rows[-1]["seq"],
-                    hash=rows[-1]["hash"],
-                )
-                self._exec(pgconn, append, encoding, commit=True)
+                pg.append_and_commit(records, rows[-1]["seq"], rows[-1]["hash"])
             else:
-                self._exec(pgconn, "COMMIT", encoding, commit=True)
+                pg.commit()
+            failed = False
         finally:
-            try:
-                pg.rollback()  # no round trip once committed; otherwise ends the failed or unused transaction
-            except Exception:
-                raw.invalidate()
-            raw.close()
+            pg.end(failed)
         for item, row in zip(recorded, rows, strict=True):
             item.seq = row["seq"]
         return True
-
-    def _exec(self, pgconn: Any, query: str, encoding: str, *, commit: bool = False) -> Any:
-        """Run a message of statements: the single value of the last one (a SELECT), or (``commit``)
-        check that the last one committed."""
-        result = pgconn.exec_(query.encode(encoding))
-        status = (result.command_status or b"").decode(encoding)
-        if result.status not in self._ok or not status.startswith("COMMIT" if commit else "SELECT"):
-            message = (result.error_message or b"").decode(encoding, errors="replace").strip()
-            raise self._database_error(f"release batch: {message or status or 'no result'}")
-        return None if commit else result.get_value(0, 0).decode(encoding)
 
 
 def _entries(recorded: list[Pending]) -> list[dict[str, Any]]:

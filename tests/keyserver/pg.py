@@ -55,6 +55,10 @@ class Cluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
+    def socket_url(self, database: str = "postgres") -> str:
+        """Over the cluster's Unix socket, as the production recipe connects (host=/run/postgresql)."""
+        return f"postgresql+psycopg://postgres@/{database}?host={self.root}&port={self.port}"
+
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
-from keyserver import audit, db, gunicorn_conf, keks, release, reports, users
+from keyserver import audit, db, gunicorn_conf, keks, release, release_pg, reports, users
 from keyserver.keks import PrivateKeyCache
 from keyserver.models import api_tokens, audit_head
 from keyserver.models import keks as keks_table
@@ -239,11 +239,107 @@ def test_a_destroyed_kek_is_refused_even_with_its_key_cached(ks: KeyServer) -> N
 
 
 def test_array_literals_take_only_plain_keys() -> None:
-    assert release._pg_array(["ab-12", 3]) == "{ab-12,3}"
-    assert release._pg_array([]) == "{}"
+    assert release_pg._pg_array(["ab-12", 3]) == "{ab-12,3}"
+    assert release_pg._pg_array([]) == "{}"
     for bad in ("a,b", "a}", '"', "a b", "a'b", "\\"):
         with pytest.raises(ValueError):
-            release._pg_array([bad])
+            release_pg._pg_array([bad])
+
+
+def _backends_of(ks: KeyServer, query: str) -> set[int]:
+    """PIDs of this database's server processes whose current or last statement matches."""
+    with db.read(ks.engine) as conn:
+        rows = conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND query LIKE :q"
+            ),
+            {"q": query},
+        )
+        return {r.pid for r in rows}
+
+
+def test_postgresql_batches_share_one_prepared_connection_that_recovers(ks: KeyServer) -> None:
+    if ks.engine.dialect.name != "postgresql":
+        pytest.skip("the dedicated connection is PostgreSQL's fast path")
+    ks.add_user("nurse.lee")
+    _, package = ks.seal("r1", station_id="ward-3", recipients=["nurse.lee"])
+    _register(ks, package)
+    cache = PrivateKeyCache(ks.master)
+    batcher = release.ReleaseBatcher(ks.engine, reports.decide_in_batch)
+
+    def one(batcher: release.ReleaseBatcher) -> release.Pending:
+        item = _item(ks, cache, package, "nurse.lee")
+        try:
+            batcher.commit(item)
+        except Exception as exc:  # the batch failed: the item carries the error
+            assert item.error is exc
+        return item
+
+    with _general_path_forbidden(ks):
+        first, second = one(batcher), one(batcher)
+    assert first.outcome == second.outcome == "released"
+    batch_backends = _backends_of(ks, "%ks_release_%")
+    assert len(batch_backends) == 1  # both batches on one connection, which runs the prepared statements
+    with db.read(ks.engine) as conn:
+        prepared = conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+    assert prepared == 0  # ... prepared on that connection only, not on pooled ones
+
+    # The connection dies (a PostgreSQL restart, a network cut): that batch fails and returns no key, and
+    # nothing of it is recorded; the next batch connects again and prepares its statements again.
+    with db.read(ks.engine) as conn:
+        head_before = conn.execute(select(audit_head.c.seq)).scalar()
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": next(iter(batch_backends))})
+    lost = one(batcher)
+    assert lost.error is not None and lost.data_key is None and lost.outcome == ""
+    with db.read(ks.engine) as conn:
+        assert conn.execute(select(audit_head.c.seq)).scalar() == head_before
+    again = one(batcher)
+    assert again.error is None and again.outcome == "released" and again.seq == head_before + 1
+    assert len(_backends_of(ks, "%ks_release_%")) == 1
+
+    # Disposing of the engine closes it (nothing left connected to the database).
+    ks.engine.dispose()
+    with db.make_engine(ks.engine.url.render_as_string(hide_password=False)).connect() as probe:
+        left = probe.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND query LIKE '%ks_release_%'"
+            )
+        ).scalar()
+    assert left == 0
+
+
+def test_a_failed_statement_rolls_the_whole_batch_back_and_the_connection_is_replaced(
+    ks: KeyServer,
+) -> None:
+    if ks.engine.dialect.name != "postgresql":
+        pytest.skip("the dedicated connection is PostgreSQL's fast path")
+    ks.add_user("nurse.lee")
+    _, package = ks.seal("r1", station_id="ward-3", recipients=["nurse.lee"])
+    _register(ks, package)
+    cache = PrivateKeyCache(ks.master)
+    batcher = release.ReleaseBatcher(ks.engine, reports.decide_in_batch)
+    assert batcher._pg is not None
+    with db.read(ks.engine) as conn:
+        head_before = conn.execute(select(audit_head.c.seq)).scalar()
+    original = release_pg._APPEND
+    # The insert of the batch's records fails (as a full disk or a constraint would): no COMMIT runs.
+    release_pg._APPEND = "EXECUTE ks_release_append({records}, {seq:d}, '{hash}'); SELECT 1/0; COMMIT"
+    try:
+        item = _item(ks, cache, package, "nurse.lee")
+        with pytest.raises(Exception, match="division by zero"):
+            batcher.commit(item)
+    finally:
+        release_pg._APPEND = original
+    assert item.data_key is not None  # decided, but the request raises: no key leaves without its record
+    with db.read(ks.engine) as conn:
+        assert conn.execute(select(audit_head.c.seq)).scalar() == head_before
+        assert audit.verify(conn).ok
+    assert batcher._pg._pgconn is None  # closed after the failure
+    again = _item(ks, cache, package, "nurse.lee")
+    batcher.commit(again)
+    assert again.outcome == "released" and again.seq == head_before + 1
 
 
 class _Worker:
