@@ -276,27 +276,6 @@ def user_totp(c: Context, username: str, remove: bool) -> None:
 
 
 @main.group()
-def grant() -> None:
-    """Policy grants: a role or group may open reports addressed to a recipient ('*' = all)."""
-
-
-@grant.command("add")
-@click.option("--role", type=click.Choice(users.ROLES))
-@click.option("--group")
-@click.option("--recipient", required=True)
-@pass_ctx
-def grant_add(c: Context, role: str | None, group: str | None, recipient: str) -> None:
-    if bool(role) == bool(group):
-        raise click.ClickException("give exactly one of --role or --group")
-    subject_type, subject = ("role", role) if role else ("group", group)
-    with db.write(c.engine()) as conn:
-        users.add_grant(
-            conn, subject_type=subject_type, subject=subject or "", recipient=recipient, actor=actor()
-        )
-    click.echo(f"{subject_type} {subject} may open reports for {recipient}")
-
-
-@main.group()
 def token() -> None:
     """User API tokens (for `keyserver decrypt` and scripts)."""
 
@@ -373,9 +352,10 @@ def station_enroll_code(c: Context, station_id: str | None, minutes: int | None)
 
 
 def _register_ops() -> None:
-    from keyserver import cli_ops
+    from keyserver import cli_grants, cli_ops
 
     cli_ops.register(main)
+    main.add_command(cli_grants.grant)
 
 
 _register_ops()

@@ -191,6 +191,39 @@ def test_cli_totp_remove(ks: KeyServer, run_cli) -> None:  # type: ignore[no-unt
     assert [x["details"]["user"] for x in _records(ks, action="user.totp_remove")] == ["nurse.lee"]
 
 
+def test_cli_grants_add_list_remove(ks: KeyServer, run_cli) -> None:  # type: ignore[no-untyped-def]
+    ks.add_user("dr.ada", groups=["dermatology"])
+    _, package = ks.seal("r1", station_id="ward-3", recipients=["wound-care"])
+    token = ks.tokens["dr.ada"]
+    unwrap = {"header": package["header"], "wrapped_key": package["wrapped_key"]}
+
+    def status() -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return ks.post("/v1/unwrap", json=unwrap, headers=headers).status_code  # type: ignore[no-any-return]
+
+    assert status() == 403
+    assert "no grants" in run_cli("grant", "list")
+    assert "may open reports for wound-care" in run_cli(
+        "grant", "add", "--group", "dermatology", "--recipient", "Wound-Care"
+    )
+    again = run_cli("grant", "add", "--group", "dermatology", "--recipient", "wound-care", ok=False)
+    assert "already" in again
+    assert "exactly one" in run_cli("grant", "add", "--recipient", "wound-care", ok=False)
+    assert status() == 200
+    listing = [line.split() for line in run_cli("grant", "list").splitlines()]
+    assert listing == [[listing[0][0], "group", "dermatology", "->", "wound-care"]]
+    assert "removed: group dermatology -> wound-care" in run_cli("grant", "remove", listing[0][0])
+    assert "no grant" in run_cli("grant", "remove", listing[0][0], ok=False)
+    assert status() == 403
+    records = _records(ks, action="grant.add") + _records(ks, action="grant.remove")
+    assert [(x["action"], x["details"]["recipient"]) for x in records] == [
+        ("grant.add", "wound-care"),
+        ("grant.remove", "wound-care"),
+    ]
+    assert all(x["actor"].startswith("cli:") for x in records)
+    assert _chain_ok(ks)
+
+
 # --- 3. user, TOTP and grant management on the admin page ------------------------------------------------
 
 
