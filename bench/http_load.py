@@ -11,6 +11,14 @@ import time
 from typing import Any
 
 
+def _content_length(header: bytes) -> int:
+    for line in header.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def _read_response(sock: socket.socket) -> int:
     """Read one HTTP/1.1 response with a Content-Length body; return its status."""
     data = b""
@@ -20,11 +28,7 @@ def _read_response(sock: socket.socket) -> int:
             raise OSError("connection closed")
         data += chunk
     header, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in header.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
+    length = _content_length(header)
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
@@ -138,11 +142,7 @@ def _open_client(
             header, sep, body = self.buffer.partition(b"\r\n\r\n")
             if not sep:
                 return
-            length = 0
-            for line in header.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
+            length = _content_length(header)
             if len(body) < length:
                 return
             results.append((int(header.split(b" ", 2)[1]), time.monotonic() - self.scheduled))
