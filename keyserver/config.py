@@ -40,6 +40,11 @@ class Config:
     login_max_failures: int = 5
     login_lockout_minutes: int = 15
     enrollment_code_minutes: int = 15
+    # Failed station enrollments (codes have 80 bits: defence in depth), counted in the database so that
+    # every instance applies them: per client address, from all addresses, and their window.
+    enroll_max_failures_per_address: int = 10
+    enroll_max_failures_total: int = 100
+    enroll_window_minutes: int = 15
     kek_rotation_days: int = 30
     # A retired KEK may be destroyed only after this many days (reports sealed under it become unreadable).
     kek_retention_days: int = 3650
@@ -88,6 +93,15 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     config = Config(**values)
     if config.inbox_retention_days < 1 or config.max_upload_mb < 1 or config.kek_rotation_days < 1:
         raise ConfigError("retention, upload limit and rotation period must be positive")
+    limits = (
+        config.login_max_failures,
+        config.login_lockout_minutes,
+        config.enroll_max_failures_per_address,
+        config.enroll_max_failures_total,
+        config.enroll_window_minutes,
+    )
+    if min(limits) < 1:
+        raise ConfigError("login and enrollment limits and their windows must be positive")
     if config.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
         raise ConfigError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
     return config

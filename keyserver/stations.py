@@ -51,9 +51,11 @@ def enroll_limits(config: Config, ip: str | None) -> tuple[dict[str, int], dt.ti
     that such a flood pauses genuine enrollments too until the window ends (an admin sees it in the audit
     log as ``station.enroll`` denials with reason ``throttled``).
     """
-    per_address, overall = config.login_max_failures * 2, config.login_max_failures * 20
-    limits = {f"enroll-ip:{ip or 'unknown'}"[:300]: per_address, "enroll:*": overall}
-    return limits, dt.timedelta(minutes=config.login_lockout_minutes)
+    limits = {
+        f"enroll-ip:{ip or 'unknown'}"[:300]: config.enroll_max_failures_per_address,
+        "enroll:*": config.enroll_max_failures_total,
+    }
+    return limits, dt.timedelta(minutes=config.enroll_window_minutes)
 
 
 def _normalize_code(code: str) -> str:

@@ -380,7 +380,12 @@ def two_instances(db_url: str, tmp_path: Path) -> Iterator[tuple[KeyServer, KeyS
         if not secret.exists():
             secret.write_text("test-master-secret-" + uuid.uuid4().hex * 2)
         config = make_config(
-            directory, db_url, master_secret_file=secret, trusted_proxy_hops=1, login_max_failures=2
+            directory,
+            db_url,
+            master_secret_file=secret,
+            trusted_proxy_hops=1,
+            enroll_max_failures_per_address=4,
+            enroll_window_minutes=7,
         )
         running.append(start_server(config))
     running[0][0].rotate()
@@ -392,7 +397,7 @@ def two_instances(db_url: str, tmp_path: Path) -> Iterator[tuple[KeyServer, KeyS
 
 def test_enroll_failures_are_throttled_per_address_across_instances(two_instances) -> None:  # type: ignore[no-untyped-def]
     a, b = two_instances
-    per_address = a.config.login_max_failures * 2
+    per_address = a.config.enroll_max_failures_per_address
     # The failures alternate between the two instances: the counter lives in the shared database.
     for i in range(per_address):
         r = _enroll((a, b)[i % 2].url, "AAAA-BBBB-CCCC-DDDD", "ward-3", "10.0.0.7")
@@ -404,7 +409,7 @@ def test_enroll_failures_are_throttled_per_address_across_instances(two_instance
         assert r.json() == {"error": "throttled", "message": r.json()["message"]}
         assert "too many failed enrollment attempts" in r.json()["message"]
         retry = int(r.headers["Retry-After"])
-        assert 0 < retry <= a.config.login_lockout_minutes * 60
+        assert 0 < retry <= 7 * 60  # enroll_window_minutes, not the login lockout
     # Another address is not affected.
     assert _enroll(b.url, a.enrollment_code(), "ward-4", "10.0.0.8").status_code == 201
 
@@ -413,7 +418,7 @@ def test_enroll_failures_are_throttled_per_address_across_instances(two_instance
     assert all(x["details"]["ip"] == "10.0.0.7" and x["actor"] == "anonymous" for x in denied)
 
     # After the window the address may try again (the window is moved back instead of waiting for it).
-    window = dt.timedelta(minutes=a.config.login_lockout_minutes)
+    window = dt.timedelta(minutes=a.config.enroll_window_minutes)
     with db.write(a.engine) as conn:
         conn.execute(
             update(login_failures).values(window_start=db.utcnow() - window - dt.timedelta(seconds=1))
@@ -425,7 +430,8 @@ def test_enroll_failures_are_throttled_per_address_across_instances(two_instance
 
 def test_enroll_failures_are_throttled_globally(two_instances) -> None:  # type: ignore[no-untyped-def]
     a, b = two_instances
-    a.config.login_max_failures = b.config.login_max_failures = 1  # 2 per address, 20 overall
+    for server in (a, b):  # read per request
+        server.config.enroll_max_failures_per_address, server.config.enroll_max_failures_total = 2, 20
     for n in range(10):
         for server in (a, b):
             r = _enroll(server.url, "AAAA-BBBB-CCCC-DDDD", f"ward-{n}", f"10.0.1.{n}")
@@ -437,7 +443,7 @@ def test_enroll_failures_are_throttled_globally(two_instances) -> None:  # type:
         conn.execute(
             update(login_failures)
             .where(login_failures.c.key == "enroll:*")
-            .values(window_start=db.utcnow() - dt.timedelta(minutes=a.config.login_lockout_minutes + 1))
+            .values(window_start=db.utcnow() - dt.timedelta(minutes=a.config.enroll_window_minutes + 1))
         )
     assert _enroll(b.url, a.enrollment_code(), "ward-new", "10.0.2.1").status_code == 201
 

@@ -31,6 +31,13 @@ def test_config_file_relative_paths_and_validation(tmp_path: Path) -> None:
     file.write_text("inbox_retention_days = 0\n")
     with pytest.raises(ConfigError):
         load_config(file)
+    for key in ("login_max_failures", "enroll_max_failures_per_address", "enroll_window_minutes"):
+        file.write_text(f"{key} = 0\n")
+        with pytest.raises(ConfigError, match="limits and their windows must be positive"):
+            load_config(file)
+    file.write_text("enroll_max_failures_total = 500\nenroll_window_minutes = 60\n")
+    config = load_config(file)
+    assert (config.enroll_max_failures_total, config.enroll_window_minutes) == (500, 60)
 
 
 def test_master_secret_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
