@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import io
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kiosk import fsutil
 from kiosk.report.model import PURPOSES, BodySite, Consent, Patient, Report, Staff, Station, make_photo
+from kiosk.sealing import passphrase
+from kiosk.sealing.sealed_file import PassphraseSealer, SealedHeader, write_sealed
 
 CREATED_AT = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 
@@ -94,3 +98,41 @@ def sample_report(photo_count: int = 1, jpeg_size: tuple[int, int] = (640, 480),
         "photos": photos,
     }
     return Report(**{**fields, **overrides})
+
+
+OUTBOX_PASSPHRASE = "Zk3q-9vLr_xW2pT7mN4bY8cH1jF6sD0gA5eU"
+
+
+def seal_placeholder(path: Path, report_id: str) -> SealedHeader:
+    """A small sealed report (passphrase OUTBOX_PASSPHRASE) written atomically at path, as the outbox keeps
+    them."""
+    with fsutil.atomic_writer(path) as handle:
+        return write_sealed(
+            handle,
+            lambda sink: sink.write(b"bundle bytes"),
+            PassphraseSealer(OUTBOX_PASSPHRASE),
+            report_id=report_id,
+            station_id="wound-clinic-1",
+            created_at="2026-11-22T10:00:00Z",
+        )
+
+
+def folder_station_toml(tmp_path: Path, extra: str = "") -> tuple[str, Path]:
+    """A station's kiosk.toml text with one passphrase-sealed folder destination "share" (and extra TOML
+    appended), and the passphrase file it uses."""
+    key_file = tmp_path / "share.key"
+    passphrase.write_new_file(key_file)
+    (tmp_path / "share").mkdir()
+    text = f"""
+[station]
+id = "wound-clinic-1"
+data_dir = "{tmp_path / "data"}"
+
+[[destination]]
+name = "share"
+type = "folder"
+path = "{tmp_path / "share"}"
+encryption = "passphrase"
+passphrase_file = "{key_file}"
+"""
+    return text + extra, key_file

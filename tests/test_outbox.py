@@ -8,28 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from kiosk import fsutil
 from kiosk.destinations.base import Parcel
 from kiosk.destinations.folder import FolderConfig, FolderDestination
 from kiosk.outbox import sender
 from kiosk.outbox.store import Outbox
-from kiosk.sealing.sealed_file import PassphraseSealer, SealedHeader, read_sealed, write_sealed
-
-PASSPHRASE = "Zk3q-9vLr_xW2pT7mN4bY8cH1jF6sD0gA5eU"
+from kiosk.sealing.sealed_file import SealedHeader, read_sealed
+from tests.factories import seal_placeholder
 
 
 def _seal_into(outbox: Outbox, report_id: str) -> tuple[Path, SealedHeader]:
     path = outbox.sealed_path(report_id, 1)
-    with fsutil.atomic_writer(path) as handle:
-        header = write_sealed(
-            handle,
-            lambda sink: sink.write(b"bundle bytes"),
-            PassphraseSealer(PASSPHRASE),
-            report_id=report_id,
-            station_id="wound-clinic-1",
-            created_at="2026-11-22T10:00:00Z",
-        )
-    return path, header
+    return path, seal_placeholder(path, report_id)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from kiosk import config as config_module
-from kiosk import fsutil
 from kiosk.cli import main
 from kiosk.destinations.base import DeliveryError, Destination, DestinationConfigBase, Parcel
 from kiosk.destinations.folder import FolderConfig, FolderDestination
@@ -20,11 +19,8 @@ from kiosk.outbox import sender
 from kiosk.outbox.store import Outbox
 from kiosk.pipeline import PhotoInput, SealError, assemble_report, seal_and_queue
 from kiosk.report.model import Patient, Report, Staff, Station
-from kiosk.sealing import passphrase
-from kiosk.sealing.sealed_file import PassphraseSealer, SealedHeader, write_sealed
-from tests.factories import make_jpeg, sample_consent
-
-PASSPHRASE = "Zk3q-9vLr_xW2pT7mN4bY8cH1jF6sD0gA5eU"
+from kiosk.sealing.sealed_file import SealedHeader
+from tests.factories import folder_station_toml, make_jpeg, sample_consent, seal_placeholder
 
 # outbox.sqlite as the first release created it: no `params` column.
 OLD_SCHEMA = """
@@ -51,16 +47,7 @@ CREATE TABLE audit (
 
 def _seal_into(outbox_dir: Path, report_id: str) -> tuple[Path, SealedHeader]:
     path = outbox_dir / f"{report_id}.1.cpseal"
-    with fsutil.atomic_writer(path) as handle:
-        header = write_sealed(
-            handle,
-            lambda sink: sink.write(b"bundle bytes"),
-            PassphraseSealer(PASSPHRASE),
-            report_id=report_id,
-            station_id="wound-clinic-1",
-            created_at="2026-11-22T10:00:00Z",
-        )
-    return path, header
+    return path, seal_placeholder(path, report_id)
 
 
 def _old_database(data_dir: Path) -> tuple[str, Path]:
@@ -194,21 +181,9 @@ def test_params_must_name_queued_destinations(tmp_path: Path) -> None:
 # --- the pipeline checks what it queues -------------------------------------------------------------
 @pytest.fixture
 def config(tmp_path: Path) -> config_module.Config:
-    key_file = tmp_path / "share.key"
-    passphrase.write_new_file(key_file)
-    (tmp_path / "share").mkdir()
-    text = f"""
-[station]
-id = "wound-clinic-1"
-data_dir = "{tmp_path / "data"}"
-
-[[destination]]
-name = "share"
-type = "folder"
-path = "{tmp_path / "share"}"
-encryption = "passphrase"
-passphrase_file = "{key_file}"
-
+    text, _ = folder_station_toml(
+        tmp_path,
+        f"""
 [[destination]]
 name = "mail"
 type = "email"
@@ -216,10 +191,11 @@ host = "127.0.0.1"
 security = "none"
 from = "kiosk@clinic.test"
 encryption = "passphrase"
-passphrase_file = "{key_file}"
+passphrase_file = "{tmp_path / "share.key"}"
 ask_recipients = true
 allowed_domains = ["clinic.test"]
-"""
+""",
+    )
     path = tmp_path / "kiosk.toml"
     path.write_text(text)
     return config_module.load(path)

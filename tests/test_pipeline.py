@@ -17,7 +17,7 @@ from kiosk.report.document import xml_to_dict
 from kiosk.report.model import BodySite, Patient, Staff, Station
 from kiosk.sealing import passphrase
 from kiosk.sealing.sealed_file import decrypt_payload, read_sealed
-from tests.factories import make_jpeg, sample_consent
+from tests.factories import folder_station_toml, make_jpeg, sample_consent
 
 HOSTILE = [
     "<script>alert(1)</script>",
@@ -30,21 +30,7 @@ HOSTILE = [
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[config_module.Config, Path]:
-    key_file = tmp_path / "share.key"
-    passphrase.write_new_file(key_file)
-    (tmp_path / "share").mkdir()
-    text = f"""
-[station]
-id = "wound-clinic-1"
-data_dir = "{tmp_path / "data"}"
-
-[[destination]]
-name = "share"
-type = "folder"
-path = "{tmp_path / "share"}"
-encryption = "passphrase"
-passphrase_file = "{key_file}"
-"""
+    text, key_file = folder_station_toml(tmp_path)
     return config_module.parse(text, tmp_path / "kiosk.toml"), key_file
 
 
