@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kiosk.destinations.base import DeliveryError
 from kiosk.destinations.medical_common import Auth, auth_header
-from kiosk.destinations.transport import LOCAL_HOSTS, tls_context
+from kiosk.destinations.transport import https_base_url, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,9 @@ class PatientLookupConfig(BaseModel):
     @field_validator("fhir_base_url")
     @classmethod
     def _https_unless_loopback(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("fhir_base_url must be an http(s) URL with a host")
-        if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
-            # Identifiers and names would cross the network in clear text.
-            raise ValueError("fhir_base_url must use https (http is allowed only for 127.0.0.1/localhost)")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("fhir_base_url must not carry a query, fragment or credentials (use auth)")
-        return value.rstrip("/")
+        return https_base_url(
+            value, "fhir_base_url"
+        )  # identifiers and names must not cross the network in clear text
 
     def system_for(self, issuer: str | None) -> str:
         return self.issuer_systems.get(issuer or "") or self.identifier_system

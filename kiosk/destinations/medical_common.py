@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kiosk.destinations.base import DeliveryError, DestinationConfigBase
-from kiosk.destinations.transport import LOCAL_HOSTS, read_secret_file, tls_context
+from kiosk.destinations.transport import https_base_url, read_secret_file, tls_context
 from kiosk.report.model import Report
 
 
@@ -52,15 +52,7 @@ class HttpEndpointConfig(DestinationConfigBase):
     @field_validator("base_url")
     @classmethod
     def _https_unless_loopback(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("base_url must be an http(s) URL with a host")
-        if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
-            # Photos and identifiers would cross the network in clear text.
-            raise ValueError("base_url must use https (http is allowed only for 127.0.0.1/localhost)")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("base_url must not carry a query, fragment or credentials (use auth)")
-        return value.rstrip("/")
+        return https_base_url(value, "base_url")  # photos and identifiers must not cross in clear text
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Small helpers shared by network destinations: secret files and TLS contexts.
+"""Small helpers shared by network destinations: secret files, TLS contexts and plaintext base URLs.
 
 Secrets live in their own files (never in kiosk.toml, which is often edited on a PC and copied around),
 one line each, not readable by everyone. A missing or unsafe secret file is a configuration error, so it
@@ -11,10 +11,24 @@ import socket
 import ssl
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from kiosk.destinations.base import DeliveryError
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def https_base_url(value: str, name: str) -> str:
+    """A base URL that plaintext (photos, identifiers, names) is sent to: https, or http to loopback only
+    (test servers); no query, fragment or credentials in it. Returned without a trailing slash."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL with a host")
+    if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
+        raise ValueError(f"{name} must use https (http is allowed only for 127.0.0.1/localhost)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{name} must not carry a query, fragment or credentials (use auth)")
+    return value.rstrip("/")
 
 
 def read_secret_file(path: Path, what: str) -> str:
