@@ -139,7 +139,9 @@
     const maxGap = (parseFloat(body.dataset.wedgeGap) || 30) / 1000;
     const keys = [];
     document.addEventListener("keydown", (e) => {
-      const t = performance.now() / 1000;
+      // When the key arrived, not when this handler ran: a busy page (loading, decoding the preview) runs
+      // handlers late and unevenly, which would split a scanner's burst at a false gap.
+      const t = (e.timeStamp || performance.now()) / 1000;
       if (e.key === "Enter") {
         // the trailing run of keys that came within maxGap of each other
         let i = keys.length - 1;
