@@ -85,7 +85,7 @@ class Pending:
     action: str  # key.release | key.delivery
     delivery: bool
     header: SealedHeader
-    header_dict: dict[str, Any]
+    header_canonical: bytes  # the header's canonical JSON: HPKE's info, and what header_sha hashes
     header_sha: str  # SHA-256 of the canonical header (as registered)
     wrapped: bytes
     details: dict[str, Any]  # the audit details known before the batch (ip, via, kek_version, station_id)

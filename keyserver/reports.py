@@ -199,9 +199,9 @@ def _check_caller(principal: Principal, delivery: bool) -> None:
         raise Denied(403, "role_forbidden", "auditors cannot open reports")
 
 
-def _unwrapped(wrapped: bytes, header: dict[str, Any], private: Any) -> bytes | None:
+def _unwrapped(wrapped: bytes, canonical_header: bytes, private: Any) -> bytes | None:
     try:
-        return envelope.unwrap(wrapped, header, private)
+        return envelope.unwrap_canonical(wrapped, canonical_header, private)
     except envelope.UnwrapError:
         return None
 
@@ -231,13 +231,13 @@ def _prepare(
         wrapped = envelope.b64decode(body["wrapped_key"])
     except ValueError as exc:
         raise Denied(400, "malformed_request", "wrapped_key is not base64url") from exc
-    header_dict = header.as_dict()
+    canonical = envelope.canonical_json(header.as_dict())
     item = release.Pending(
         action=action,
         delivery=delivery,
         header=header,
-        header_dict=header_dict,
-        header_sha=hashlib.sha256(envelope.canonical_json(header_dict)).hexdigest(),
+        header_canonical=canonical,
+        header_sha=hashlib.sha256(canonical).hexdigest(),
         wrapped=wrapped,
         details=details,
         principal=principal,
@@ -246,7 +246,7 @@ def _prepare(
     )
     cached = cache.peek(header.kek_version)
     if cached is not None:
-        item.early = (cached[0], _unwrapped(wrapped, header_dict, cached[1]))
+        item.early = (cached[0], _unwrapped(wrapped, canonical, cached[1]))
     return item
 
 
@@ -289,7 +289,7 @@ def decide_in_batch(item: release.Pending, state: release.BatchState) -> None:
         if item.early is not None and item.early[0] == digest:
             data_key = item.early[1]
         else:
-            data_key = _unwrapped(item.wrapped, item.header_dict, private)
+            data_key = _unwrapped(item.wrapped, item.header_canonical, private)
         if data_key is None:
             raise Denied(400, "tampered", "the header or wrapped key was altered; refusing")
         registered = state.reports.get(header.report_id)

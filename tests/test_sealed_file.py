@@ -117,6 +117,20 @@ def test_changing_any_header_field_breaks_unwrap(
         envelope.unwrap(sealed.wrapped_key or b"", header, kek_private)
 
 
+def test_unwrap_of_canonical_header_bytes_is_the_same_unwrap(
+    kek: envelope.PublicKek, kek_private: envelope.X25519PrivateKey
+) -> None:
+    sealed = read_sealed(io.BytesIO(_seal(EnvelopeSealer(kek), b"x" * 100)))
+    canonical = envelope.canonical_json(sealed.header.as_dict())
+    wrapped = sealed.wrapped_key or b""
+    assert envelope.unwrap_canonical(wrapped, canonical, kek_private) == envelope.unwrap(
+        wrapped, sealed.header.as_dict(), kek_private
+    )
+    # One byte more (a space a lenient serialiser might add) is a different header.
+    with pytest.raises(envelope.UnwrapError):
+        envelope.unwrap_canonical(wrapped, canonical.replace(b",", b", ", 1), kek_private)
+
+
 def _rewrite_package(sealed_bytes: bytes, edit: object) -> bytes:
     source = zipfile.ZipFile(io.BytesIO(sealed_bytes))
     out = io.BytesIO()

@@ -96,8 +96,13 @@ def wrap(data_key: bytes, header: dict[str, Any], kek: X25519PublicKey) -> bytes
 
 
 def unwrap(wrapped: bytes, header: dict[str, Any], kek: X25519PrivateKey) -> bytes:
+    return unwrap_canonical(wrapped, canonical_json(header), kek)
+
+
+def unwrap_canonical(wrapped: bytes, canonical_header: bytes, kek: X25519PrivateKey) -> bytes:
+    """unwrap() for a header already in canonical form (the key server has it for the header's hash)."""
     try:
-        data_key = _SUITE.decrypt(wrapped, kek, info=canonical_json(header))
+        data_key = _SUITE.decrypt(wrapped, kek, info=canonical_header)
     except (InvalidTag, ValueError) as exc:
         raise UnwrapError("the key does not match this report header (altered header or wrong key)") from exc
     if len(data_key) != DATA_KEY_SIZE:
