@@ -7,7 +7,9 @@ POST /v1/unwrap (token lookup, policy, HPKE unwrap, audit append + commit) in tw
 measured by the same client code in the same run:
 
 * closed loop (saturation): N connections send back to back for a fixed time, in --rounds rounds of no-op
-  then unwrap. Gives the capacity (req/s) and the unwrap/no-op ratio (the verdicts take medians). Its
+  then unwrap. Gives the capacity (req/s) and the unwrap/no-op ratio (the verdicts take medians). Each round
+  also measures POST /bench/unwrap-no-audit (bench/keyserver_ceiling.py, bench only): the unwrap's request
+  work without the database and audit, which splits the unwrap's cost (--no-ceiling: serve the app alone). Its
   latencies are queueing: N requests always in flight at a rate X means a mean latency of N / X (Little's
   law), whatever the server does.
 * open loop (constant rate, wrk2-style): a fixed offered rate (--rates, e.g. 500 req/s) spread evenly over
@@ -50,6 +52,7 @@ from tests.keyserver.conftest import package_of  # noqa: E402
 from tests.keyserver.pg import Cluster, free_port  # noqa: E402
 
 REPORTS = 64  # distinct sealed reports the clients cycle through
+CEILING = "/bench/unwrap-no-audit"  # bench/keyserver_ceiling.py
 
 
 def prepare(directory: Path, database_url: str, port: int) -> tuple[Path, str, list[bytes]]:
@@ -158,16 +161,23 @@ def measure(server: int, database: int | None, *args: Any, rate: float | None = 
 
 
 def serve(
-    config_path: Path, port: int, workers: int, threads: int, *, pin: bool = True
+    config_path: Path, port: int, workers: int, threads: int, *, pin: bool = True, ceiling: bool = False
 ) -> subprocess.Popen[bytes]:
     """gunicorn as deploy/keyserver/keyserver.service runs it: the same settings (keyserver.gunicorn_conf:
-    workers pinned to CPUs unless `pin` is false), gthread workers x threads."""
+    workers pinned to CPUs unless `pin` is false), gthread workers x threads. With `ceiling`, the app is
+    bench/keyserver_ceiling.py's: the same app plus the bench-only unwrap without audit."""
     gunicorn = Path(sys.executable).parent / "gunicorn"
     env = {
         **os.environ,
         "KEYSERVER_CONFIG": str(config_path),
         "KEYSERVER_PIN_WORKERS": "1" if pin else "0",
     }
+    app = "keyserver.wsgi:app"
+    if ceiling:
+        app = "keyserver_ceiling:app"
+        env["KEYSERVER_BENCH_CEILING"] = "1"
+        # ROOT first: bench/keyserver.py (this script) must not shadow the keyserver package.
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "bench")])
     proc = subprocess.Popen(
         [
             str(gunicorn),
@@ -185,7 +195,7 @@ def serve(
             "30",
             "--log-level",
             "warning",
-            "keyserver.wsgi:app",
+            app,
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -234,6 +244,11 @@ def main() -> None:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin workers to CPUs (KEYSERVER_PIN_WORKERS=0)"
     )
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="serve keyserver.wsgi:app alone (no bench-only unwrap without audit in the closed loop)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     closed: list[dict[str, Any]] = []
@@ -248,7 +263,8 @@ def main() -> None:
             config_path, token, bodies = prepare(directory, url, port)
             workers = args.sqlite_workers if backend == "sqlite" else args.workers
             threads = args.sqlite_threads if backend == "sqlite" else args.threads
-            server = serve(config_path, port, workers, threads, pin=not args.no_pin)
+            ceiling = not args.no_ceiling
+            server = serve(config_path, port, workers, threads, pin=not args.no_pin, ceiling=ceiling)
             pids = (server.pid, cluster.postmaster_pid() if cluster else None)
             base = {"backend": backend, "workers": workers, "threads": threads, "pinned": not args.no_pin}
             try:
@@ -259,6 +275,11 @@ def main() -> None:
                     for round_ in range(1, args.rounds + 1):
                         before = audit_count(config_path)
                         noop = measure(*pids, port, "/healthz", [], token, concurrency, args.seconds)
+                        no_audit = None
+                        if ceiling:
+                            job = (port, CEILING, bodies, token, concurrency, args.seconds)
+                            no_audit = measure(*pids, *job)
+                            assert no_audit["errors"] == 0, "the unwrap without audit failed"
                         job = (port, "/v1/unwrap", bodies, token, concurrency, args.seconds)
                         unwrap = measure(*pids, *job)
                         audited = audit_count(config_path) - before
@@ -268,6 +289,7 @@ def main() -> None:
                                 "concurrency": concurrency,
                                 "round": round_,
                                 "noop": noop,
+                                "no_audit": no_audit,
                                 "unwrap": unwrap,
                                 "audited": audited,
                                 "ratio": unwrap["rate"] / noop["rate"],

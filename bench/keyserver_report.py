@@ -18,6 +18,13 @@ def _server(r: dict[str, Any]) -> str:
     return f"{r['backend']} ({r['workers']}x{r['threads']}{'' if r['pinned'] else ', not pinned'})"
 
 
+def _no_audit(r: dict[str, Any]) -> str:
+    """The bench-only unwrap without database and audit (bench/keyserver_ceiling.py), if measured."""
+    if not r.get("no_audit"):
+        return "—"
+    return f"{r['no_audit']['rate']:.0f} ({r['no_audit']['rate'] / r['noop']['rate']:.0%})"
+
+
 def report(closed: list[dict[str, Any]], open_: list[dict[str, Any]], args: Any) -> None:
     where = f"{os.cpu_count()} CPUs, clients on the same machine"
     if closed:
@@ -32,6 +39,7 @@ def report(closed: list[dict[str, Any]], open_: list[dict[str, Any]], args: Any)
                 "round",
                 "no-op req/s",
                 "unwrap req/s",
+                "without audit req/s (vs no-op)",
                 "unwrap p50 ms",
                 "unwrap p99 ms",
                 "server CPU ms/req no-op / unwrap",
@@ -47,6 +55,7 @@ def report(closed: list[dict[str, Any]], open_: list[dict[str, Any]], args: Any)
                     r["round"],
                     f"{r['noop']['rate']:.0f}",
                     f"{r['unwrap']['rate']:.0f}",
+                    _no_audit(r),
                     f"{r['unwrap']['p50']:.1f}",
                     f"{r['unwrap']['p99']:.1f}",
                     f"{r['noop']['cpu_ms']:.2f} / {r['unwrap']['cpu_ms']:.2f}",
@@ -117,6 +126,13 @@ def verdicts(closed: list[dict[str, Any]], open_: list[dict[str, Any]]) -> None:
             f">= 500 unwraps/s — {of}: {rate:.0f}/s (rounds: {', '.join(f'{x:.0f}' for x in rates)})",
         )
         line(ratio >= 0.5, f">= 50 % of the no-op rate — {of}: {ratio:.0%} (rounds: {each})")
+        ceilings = [r["no_audit"]["rate"] / r["noop"]["rate"] for r in rounds if r.get("no_audit")]
+        if ceilings:
+            print(
+                f"          for comparison, the same requests without database and audit: "
+                f"{statistics.median(ceilings):.0%} of the no-op "
+                f"(rounds: {', '.join(f'{x:.0%}' for x in ceilings)})"
+            )
     for r in pg_open:
         u = r["unwrap"]
         kept = u["rate"] >= 0.97 * r["offered"] and u["errors"] == 0

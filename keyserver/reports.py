@@ -168,7 +168,7 @@ def unwrap(
     action = "key.delivery" if delivery else "key.release"
     details: dict[str, Any] = {"ip": ip, "via": principal.via if principal else "token"}
     try:
-        item = _prepare(
+        item = prepare_release(
             cache, principal, body, action=action, delivery=delivery, details=details, token=token
         )
     except Denied as denied:
@@ -206,7 +206,7 @@ def _unwrapped(wrapped: bytes, canonical_header: bytes, private: Any) -> bytes |
         return None
 
 
-def _prepare(
+def prepare_release(
     cache: PrivateKeyCache,
     principal: Principal | None,
     body: Any,

@@ -31,7 +31,7 @@ from .conftest import KeyServer, package_of
 def _item(ks: KeyServer, cache: PrivateKeyCache, package: dict[str, Any], who: str) -> release.Pending:
     """What reports.unwrap hands to the batch for this token's request."""
     details = {"ip": "127.0.0.1", "via": "token"}
-    return reports._prepare(
+    return reports.prepare_release(
         cache,
         None,
         package,

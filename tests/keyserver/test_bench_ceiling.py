@@ -1,0 +1,69 @@
+"""bench/keyserver_ceiling.py (an unwrap WITHOUT audit, for the benchmark only) stays out of the real key
+server, and bench/keyserver.py measures it next to the no-op and the audited unwrap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from keyserver.app import create_app
+from tests.keyserver.conftest import make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_unwrap_without_audit_refuses_to_load_outside_the_bench() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KEYSERVER_BENCH_CEILING"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "bench")])
+    run = subprocess.run(
+        [sys.executable, "-c", "import keyserver_ceiling"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "bench only" in run.stderr
+
+
+def test_the_key_server_app_has_no_bench_route(tmp_path: Path) -> None:
+    app = create_app(make_config(tmp_path, ""))
+    rules = [rule.rule for rule in app.url_map.iter_rules()]
+    assert "/v1/unwrap" in rules
+    assert not [rule for rule in rules if rule.startswith("/bench")]
+
+
+def test_the_bench_measures_the_unwrap_without_audit_beside_the_real_one(tmp_path: Path) -> None:
+    out = tmp_path / "ks.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "keyserver.py"),
+            "--backends",
+            "sqlite",
+            "--seconds",
+            "0.5",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "2",
+            "--rates",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "audit chain verified after the runs: True" in run.stdout
+    assert "without audit req/s" in run.stdout
+    (row,) = json.loads(out.read_text())["closed"]
+    assert row["no_audit"]["ok"] > 0 and row["no_audit"]["errors"] == 0
+    assert row["unwrap"]["ok"] > 0 and row["unwrap"]["errors"] == 0
+    # The bench-only endpoint wrote no audit record: the count matches the real unwraps alone.
+    assert row["audited"] == row["unwrap"]["ok"]
