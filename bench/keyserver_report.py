@@ -42,7 +42,7 @@ def report(closed: list[dict[str, Any]], open_: list[dict[str, Any]], args: Any)
                 "without audit req/s (vs no-op)",
                 "unwrap p50 ms",
                 "unwrap p99 ms",
-                "server CPU ms/req no-op / unwrap",
+                "server CPU ms/req no-op / without audit / unwrap",
                 "of which PostgreSQL",
                 "client CPU ms/req no-op / unwrap",
                 "vs no-op",
@@ -58,7 +58,9 @@ def report(closed: list[dict[str, Any]], open_: list[dict[str, Any]], args: Any)
                     _no_audit(r),
                     f"{r['unwrap']['p50']:.1f}",
                     f"{r['unwrap']['p99']:.1f}",
-                    f"{r['noop']['cpu_ms']:.2f} / {r['unwrap']['cpu_ms']:.2f}",
+                    f"{r['noop']['cpu_ms']:.2f} / "
+                    f"{r['no_audit']['cpu_ms'] if r.get('no_audit') else float('nan'):.2f} / "
+                    f"{r['unwrap']['cpu_ms']:.2f}",
                     f"{r['unwrap']['db_cpu_ms']:.2f}",
                     f"{r['noop']['client_cpu_ms']:.2f} / {r['unwrap']['client_cpu_ms']:.2f}",
                     f"{r['ratio']:.0%}",
