@@ -52,7 +52,7 @@ from tests.keyserver.conftest import package_of  # noqa: E402
 from tests.keyserver.pg import Cluster, free_port  # noqa: E402
 
 REPORTS = 64  # distinct sealed reports the clients cycle through
-CEILING = "/bench/unwrap-no-audit"  # bench/keyserver_ceiling.py
+UNWRAP_WITHOUT_AUDIT = "/bench/unwrap-no-audit"  # bench/keyserver_ceiling.py
 
 
 def prepare(directory: Path, database_url: str, port: int) -> tuple[Path, str, list[bytes]]:
@@ -277,7 +277,7 @@ def main() -> None:
                         noop = measure(*pids, port, "/healthz", [], token, concurrency, args.seconds)
                         no_audit = None
                         if ceiling:
-                            job = (port, CEILING, bodies, token, concurrency, args.seconds)
+                            job = (port, UNWRAP_WITHOUT_AUDIT, bodies, token, concurrency, args.seconds)
                             no_audit = measure(*pids, *job)
                             assert no_audit["errors"] == 0, "the unwrap without audit failed"
                         job = (port, "/v1/unwrap", bodies, token, concurrency, args.seconds)
