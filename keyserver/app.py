@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, jsonify, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -39,6 +41,15 @@ class ServerState:
     keys: PrivateKeyCache
 
 
+class RequestJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with request bodies parsed by orjson: a key release reads a JSON body of about 1 KB on
+    every request, and orjson parses it in a fraction of the standard module's time. It is also stricter:
+    NaN, Infinity and invalid UTF-8 are malformed JSON (400), not values."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+
 def state() -> ServerState:
     from flask import current_app
 
@@ -53,6 +64,7 @@ def create_app(config: Config, *, engine: Engine | None = None) -> Flask:
         static_folder=str(web / "static"),
         static_url_path="/static",
     )
+    app.json = RequestJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_mb * 1024 * 1024
     app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024
     engine = engine or db.engine_for(config)

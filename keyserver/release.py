@@ -26,13 +26,13 @@ the general path (SQLAlchemy, also SQLite's path), which inserts the report.
 
 from __future__ import annotations
 
-import json
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, bindparam, select
 
 from keyserver import audit
@@ -249,7 +249,7 @@ class ReleaseBatcher:
         ids = sorted({item.header.report_id for item in batch})
         failed = True
         try:
-            head, kek_rows, report_rows, token_rows = json.loads(pg.begin_and_read(versions, ids, hashes))
+            head, kek_rows, report_rows, token_rows = orjson.loads(pg.begin_and_read(versions, ids, hashes))
             state = BatchState(
                 tokens={r[0]: dict(zip(TOKEN_COLUMNS, r, strict=True)) for r in token_rows or []},
                 keks={
@@ -260,8 +260,8 @@ class ReleaseBatcher:
             )
 
             def policy_rows(state: BatchState, user_ids: list[int], recipients: list[str]) -> None:
-                targets = json.dumps([*recipients, "*"]).encode()
-                memberships, grants = json.loads(pg.policy(user_ids, targets))
+                targets = orjson.dumps([*recipients, "*"])
+                memberships, grants = orjson.loads(pg.policy(user_ids, targets))
                 state.groups = {user_id: [] for user_id in user_ids}
                 for user_id, name in memberships or []:
                     state.groups[user_id].append(name)
@@ -274,7 +274,7 @@ class ReleaseBatcher:
                 return False  # rolled back below
             rows = audit.chain(_entries(recorded), head[0], head[1])
             if rows:
-                records = json.dumps(rows, separators=(",", ":")).encode()
+                records = orjson.dumps(rows)
                 pg.append_and_commit(records, rows[-1]["seq"], rows[-1]["hash"])
             else:
                 pg.commit()

@@ -28,6 +28,8 @@ from sqlalchemy import Engine, event
 RECYCLE_SECONDS = 1800.0
 
 _PREPARE = (
+    # JSON travels both ways as UTF-8 bytes (orjson), whatever the database's default client encoding.
+    "SET client_encoding = 'UTF8'; "
     # The plans do not depend on the values (keys looked up with = ANY on their primary keys or unique
     # indexes), so one generic plan serves every batch.
     "SET plan_cache_mode = force_generic_plan; "
@@ -91,19 +93,18 @@ class PgReleaseConnection:
         self._conn_ok, self._idle = ConnStatus.OK, TransactionStatus.IDLE
         self._raw: Any = None  # SQLAlchemy's detached connection proxy
         self._pgconn: Any = None
-        self._encoding = "utf-8"
         self._opened = 0.0
         self._close_lock = threading.Lock()
         event.listen(engine, "engine_disposed", lambda _engine: self.close())
 
-    def begin_and_read(self, versions: list[int], ids: list[str], hashes: list[str]) -> str:
+    def begin_and_read(self, versions: list[int], ids: list[str], hashes: list[str]) -> bytes:
         """Open the batch's transaction, take the chain lock and read: a JSON document [head, kek rows,
         report rows, token rows]."""
         self._connect()
         query = _READ.format(versions=_pg_array(versions), ids=_pg_array(ids), hashes=_pg_array(hashes))
         return self._exec(query)  # type: ignore[no-any-return]
 
-    def policy(self, user_ids: list[int], recipients_json: bytes) -> str:
+    def policy(self, user_ids: list[int], recipients_json: bytes) -> bytes:
         """In the open transaction: a JSON document [memberships, grants] (see ks_release_policy)."""
         query = _POLICY.format(user_ids=_pg_array(user_ids), recipients=self._literal(recipients_json))
         return self._exec(query)  # type: ignore[no-any-return]
@@ -145,7 +146,7 @@ class PgReleaseConnection:
         driver = raw.driver_connection  # (None once detached)
         raw.detach()
         try:
-            self._pgconn, self._encoding = driver.pgconn, driver.info.encoding
+            self._pgconn = driver.pgconn
             self._raw, self._opened = raw, time.monotonic()
             self._exec(_PREPARE, command="PREPARE")
         except BaseException:
@@ -161,11 +162,11 @@ class PgReleaseConnection:
         if self._pgconn is None:
             raise self._database_error("release batch: not connected")
         expected = "COMMIT" if commit else command
-        result = self._pgconn.exec_(query.encode(self._encoding))
-        status = (result.command_status or b"").decode(self._encoding)
+        result = self._pgconn.exec_(query.encode("utf-8"))
+        status = (result.command_status or b"").decode("utf-8")
         if result.status not in self._ok or not status.startswith(expected):
-            message = (result.error_message or b"").decode(self._encoding, errors="replace").strip()
+            message = (result.error_message or b"").decode("utf-8", errors="replace").strip()
             raise self._database_error(f"release batch: {message or status or 'no result'}")
         if expected != "SELECT":
             return None
-        return result.get_value(0, 0).decode(self._encoding)
+        return result.get_value(0, 0)  # JSON, UTF-8 (client_encoding, set in _PREPARE)

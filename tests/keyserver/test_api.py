@@ -262,6 +262,10 @@ def test_unknown_kek_and_passphrase_headers(ks: KeyServer) -> None:
     ("body", "error"),
     [
         (b"{not json", "malformed_json"),
+        # Stricter than the standard module (app.RequestJSONProvider): no NaN, no invalid UTF-8.
+        (b'{"header": NaN, "wrapped_key": "AAAA"}', "malformed_json"),
+        (b'{"header": "\xff", "wrapped_key": "AAAA"}', "malformed_json"),
+        (b'{"header": {}, "wrapped_key": "AAAA"', "malformed_json"),
         (b"[1, 2]", "malformed_request"),
         (b'{"header": {}, "wrapped_key": 5}', "malformed_request"),
         (b'{"header": "x", "wrapped_key": "AAAA"}', "invalid_header"),

@@ -337,6 +337,30 @@ def test_a_failed_statement_rolls_the_whole_batch_back_and_the_connection_is_rep
     assert again.outcome == "released" and again.seq == head_before + 1
 
 
+def test_the_batch_connection_speaks_utf8_whatever_the_database_default(ks: KeyServer) -> None:
+    """The batch's JSON travels as UTF-8 bytes: a database whose default client encoding is another one
+    still gets a non-ASCII group name right, both ways (release_pg sets client_encoding on its
+    connection)."""
+    if ks.engine.dialect.name != "postgresql":
+        pytest.skip("the dedicated connection is PostgreSQL's fast path")
+    with db.write(ks.engine) as conn:
+        name = conn.execute(text("SELECT current_database()")).scalar()
+        conn.execute(text(f"ALTER DATABASE {name} SET client_encoding = 'LATIN1'"))
+    ks.engine.dispose()  # new connections take the database's default
+    with db.read(ks.engine) as conn:
+        assert conn.execute(text("SHOW client_encoding")).scalar() == "LATIN1"
+    ks.add_user("nurse.eva", groups=["Wundversorgung-Süd"])
+    _, package = ks.seal("umlaut", station_id="ward-3", recipients=["wundversorgung-süd"])
+    _register(ks, package)
+    cache = PrivateKeyCache(ks.master)
+    item = _item(ks, cache, package, "nurse.eva")
+    with _general_path_forbidden(ks):
+        _one_batch(ks, [item])
+    assert item.outcome == "released" and item.data_key is not None
+    with db.read(ks.engine) as conn:
+        assert audit.verify(conn).ok
+
+
 class _Worker:
     def __init__(self) -> None:
         self.pid = 0
