@@ -238,7 +238,7 @@ def main() -> None:
     # lock across processes (PostgreSQL 2x4: 2.7-2.9 ms server CPU per unwrap against 1.7-2.2 for 1x16).
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers with PostgreSQL")
     parser.add_argument("--sqlite-workers", type=int, default=1, help="gunicorn workers with SQLite")
-    parser.add_argument("--threads", type=int, default=16, help="threads per worker with PostgreSQL")
+    parser.add_argument("--threads", type=int, default=32, help="threads per worker with PostgreSQL")
     parser.add_argument("--sqlite-threads", type=int, default=8, help="threads per worker with SQLite")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument(

@@ -146,7 +146,7 @@ if [ ! -e "$root/etc/default/keyserver" ]; then
 # host; a private address (and a firewall) when Caddy runs on another host.
 #KEYSERVER_BIND=127.0.0.1:8700
 #KEYSERVER_WORKERS=1     # one process batches audit commits best; see docs/keyserver.md
-#KEYSERVER_THREADS=16
+#KEYSERVER_THREADS=32    # at least the requests you expect at once, so releases join one batch
 #KEYSERVER_PIN_WORKERS=1  # pin each worker to one CPU (keyserver.gunicorn_conf); 0 turns it off
 DEFAULTS
 fi
