@@ -1,7 +1,9 @@
 """`make demo`: the key server with its inbox, and a station with the mock camera, on embedded SQLite.
 
 Everything lives under ./demo-data (or $KIOSK_DEMO_DIR) and is reused on the next run. Both servers listen
-on 127.0.0.1 only. Ctrl-C stops them.
+on 127.0.0.1 only, on ports 8470 (key server) and 8480 (station), or $KIOSK_DEMO_KEYSERVER_PORT and
+$KIOSK_DEMO_STATION_PORT (a new demo directory takes the key server's port into its configuration). Ctrl-C
+or SIGTERM stops them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from keyserver import demo as keyserver_demo
 from kiosk import config as config_module
 from kiosk import station
 
-STATION_PORT = 8480
+STATION_PORT = 8480  # the key server's: keyserver.demo.DEMO_PORT
 STATION_PIN = "2468"
 ADMIN_PIN = "13579"
 DEMO_MRN = "DEMO-0001"
@@ -93,8 +95,10 @@ def _enroll_once(config: config_module.Config, keyserver: dict[str, Any]) -> Non
 
 def main() -> None:
     root = Path(os.environ.get("KIOSK_DEMO_DIR", "demo-data")).resolve()
+    keyserver_port = int(os.environ.get("KIOSK_DEMO_KEYSERVER_PORT", keyserver_demo.DEMO_PORT))
+    station_port = int(os.environ.get("KIOSK_DEMO_STATION_PORT", STATION_PORT))
     (root / "share").mkdir(parents=True, exist_ok=True)
-    keyserver = keyserver_demo.prepare(root / "keyserver")
+    keyserver = keyserver_demo.prepare(root / "keyserver", port=keyserver_port)
     children: list[subprocess.Popen[bytes]] = []
 
     def stop(*_: object) -> None:
@@ -103,7 +107,8 @@ def main() -> None:
         for child in children:
             child.wait(timeout=10)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM (kill, systemd, timeout) stops the demo like Ctrl-C: both end the wait below, then stop().
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         keyserver_process = subprocess.Popen(
             [*_KEYSERVER, "--config", keyserver["config_path"], "serve", "--port", str(keyserver["port"])]
@@ -119,10 +124,10 @@ def main() -> None:
         _enroll_once(config, keyserver)
         _send_sample(config_path, station_dir)
         station_process = subprocess.Popen(
-            [*_KIOSK, "--config", str(config_path), "serve", "--port", str(STATION_PORT)]
+            [*_KIOSK, "--config", str(config_path), "serve", "--port", str(station_port)]
         )
         children.append(station_process)
-        station_url = f"http://127.0.0.1:{STATION_PORT}"
+        station_url = f"http://127.0.0.1:{station_port}"
         _wait_for(f"{station_url}/", station_process)
 
         print()
@@ -135,9 +140,11 @@ def main() -> None:
         print(f"    admin               {admin['username']} / {admin['password']}")
         print(f"  station config        {config_path}")
         print(
-            f"  send from the CLI     {shutil.which('kiosk') or 'kiosk'} --config {config_path} send --help"
+            f"  send from the CLI     {shutil.which('kiosk') or 'kiosk'} --config {config_path} send --help",
+            flush=True,
         )
-        signal.sigwait({signal.SIGINT})
+        while True:  # until a signal's handler raises KeyboardInterrupt
+            signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
