@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from keyserver import db, sessions
+from keyserver import db, health, sessions
 from keyserver.config import Config
 from keyserver.keks import PrivateKeyCache
 from keyserver.masterkey import MasterKey, load_master_key
@@ -96,6 +96,15 @@ def create_app(config: Config, *, engine: Engine | None = None) -> Flask:
         # No database, no auth: the "no-op on the same stack" baseline of bench/keyserver.py.
         return jsonify(status="ok")
 
+    readiness = health.ReadinessCache()
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        # For monitoring: can this server release keys (keyserver/health.py)? 503 when a check fails.
+        st = state()
+        body, status = health.readiness_body(readiness.results(st.config, st.engine, st.master))
+        return jsonify(body), status
+
     return app
 
 
@@ -106,7 +115,7 @@ def client_ip() -> str | None:
 def _identify() -> Response | None:
     """Set g.principal (None if anonymous), g.session, and enforce CSRF for cookie sessions."""
     g.principal, g.session, g.cookie, g.deferred_token = None, None, None, None
-    if request.path.startswith("/static/") or request.path == "/healthz":
+    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz"):
         return None
     st = state()
     auth = request.headers.get("Authorization", "")
@@ -171,7 +180,7 @@ def _security_headers(response: Response) -> Response:
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/v1") or request.path == "/healthz"
+    return request.path.startswith("/v1") or request.path in ("/healthz", "/readyz")
 
 
 def error_response(status: int, reason: str, message: str) -> Response:

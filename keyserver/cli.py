@@ -352,10 +352,11 @@ def station_enroll_code(c: Context, station_id: str | None, minutes: int | None)
 
 
 def _register_ops() -> None:
-    from keyserver import cli_grants, cli_ops
+    from keyserver import cli_grants, cli_ops, health
 
     cli_ops.register(main)
     main.add_command(cli_grants.grant)
+    main.add_command(health.doctor_command)
 
 
 _register_ops()

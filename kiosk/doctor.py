@@ -26,9 +26,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,14 +37,12 @@ import click
 
 from kiosk import config as config_module
 from kiosk import keyring
+from kiosk.checks import FAIL, PASS, SKIP, WARN, CheckResult, format_text, free_space, overall
 from kiosk.config import Config
 from kiosk.patient_lookup import LookupFailed, PatientLookupConfig, capabilities
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 SKEW_WARN_SECONDS = 30.0
 SKEW_FAIL_SECONDS = 300.0
-DISK_WARN_BYTES = 1_000_000_000
-DISK_FAIL_BYTES = 200_000_000
 TIME_ERROR = 5  # adjtimex(2): the kernel clock is not synchronised
 PROC_MOUNTS = Path("/proc/mounts")
 PROC_SWAPS = Path("/proc/swaps")
@@ -56,23 +54,6 @@ TMPFS_TYPES = {"tmpfs", "ramfs"}
 AUDIT_BACKLOG_WARN_SECONDS = 3600.0
 AUDIT_BACKLOG_FAIL_SECONDS = 24 * 3600.0
 AUDIT_BACKLOG_FAIL_RECORDS = 100
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    status: str  # pass | warn | fail | skip
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def overall(results: Iterable[CheckResult]) -> str:
-    """fail if any check failed, else warn if any warned, else pass (skips do not count)."""
-    statuses = {r.status for r in results}
-    return FAIL if FAIL in statuses else WARN if WARN in statuses else PASS
 
 
 # --- the key server: one probe shared by several checks -----------------------------------------------
@@ -527,18 +508,8 @@ def check_data_dir(config: Config) -> CheckResult:
 
 
 def check_disk(config: Config) -> CheckResult:
-    path = config.station.data_dir
-    try:
-        free = shutil.disk_usage(path).free
-    except OSError as exc:
-        return CheckResult("free disk", FAIL, f"{path}: {exc.strerror}", f"create {path}")
-    detail = f"{free / 1e9:.2f} GB free in {path}"
     fix = "free space on the SD card (apt clean; journalctl --vacuum-size=16M); check the outbox"
-    if free < DISK_FAIL_BYTES:
-        return CheckResult("free disk", FAIL, detail, fix)
-    if free < DISK_WARN_BYTES:
-        return CheckResult("free disk", WARN, detail, fix)
-    return CheckResult("free disk", PASS, detail)
+    return free_space("free disk", config.station.data_dir, fix)
 
 
 def check_outbox(config: Config) -> CheckResult:
@@ -719,20 +690,6 @@ def run_checks(config: Config, *, hardware: bool = True, timeout: float = 5.0) -
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="doctor") as pool:
         results += list(pool.map(lambda check: check(), checks))
     return results
-
-
-_LABELS = {PASS: "[ ok ]", WARN: "[warn]", FAIL: "[FAIL]", SKIP: "[skip]"}
-
-
-def format_text(results: list[CheckResult]) -> str:
-    width = max((len(r.name) for r in results), default=0)
-    lines = []
-    for r in results:
-        lines.append(f"{_LABELS.get(r.status, r.status)} {r.name:<{width}}  {r.detail}")
-        if r.fix and r.status in (WARN, FAIL):
-            lines.append(f"       {'':<{width}}  fix: {r.fix}")
-    lines.append(f"overall: {overall(results)}")
-    return "\n".join(lines)
 
 
 @click.command("doctor")

@@ -18,8 +18,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from kiosk import checks, doctor
 from kiosk import config as kiosk_config
-from kiosk import doctor
 from kiosk.cli import main as kiosk_main
 from kiosk.outbox.store import Outbox
 from tests.keyserver.pg import free_port
@@ -287,9 +287,9 @@ def test_gpio_check_with_gpiozero_mock_pins(monkeypatch: pytest.MonkeyPatch) -> 
 def test_disk_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = kiosk_config.load(station_config(tmp_path))
     assert doctor.check_disk(config).status in ("pass", "warn", "fail")
-    monkeypatch.setattr(doctor, "DISK_WARN_BYTES", 1 << 62)
+    monkeypatch.setattr(checks, "DISK_WARN_BYTES", 1 << 62)  # the thresholds shared with the key server
     assert doctor.check_disk(config).status == "warn"
-    monkeypatch.setattr(doctor, "DISK_FAIL_BYTES", 1 << 61)
+    monkeypatch.setattr(checks, "DISK_FAIL_BYTES", 1 << 61)
     assert doctor.check_disk(config).status == "fail"
 
 

@@ -25,6 +25,7 @@ OK = 200
 # (name, method, path, body kind, {actor: expected status}); a missing actor means "the default" given last.
 TABLE: list[tuple[str, str, str, str, dict[str, int], int]] = [
     ("keys", "GET", "/v1/keys", "", {}, OK),
+    ("readyz", "GET", "/readyz", "", {}, OK),  # monitoring: open to all, reveals no key, user or report
     ("openapi", "GET", "/v1/openapi.json", "", {}, OK),
     ("me", "GET", "/v1/me", "", {A: 401, D: 403}, OK),
     ("enroll", "POST", "/v1/stations/enroll", "bad_code", {}, 403),
