@@ -37,6 +37,16 @@ def _read_response(sock: socket.socket) -> int:
     return int(header.split(b" ", 2)[1])
 
 
+def _requests(port: int, path: str, bodies: list[bytes], token: str) -> list[bytes]:
+    """Requests as pre-built bytes for a raw keep-alive socket: the client must cost as little CPU as
+    possible, since it shares the machine's cores with the server it measures. POST with each body, or one
+    GET without."""
+    head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    return [
+        f"POST {path} HTTP/1.1\r\n{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies
+    ] or [f"GET {path} HTTP/1.1\r\n{head}\r\n".encode()]
+
+
 def _client(
     port: int, path: str, bodies: list[bytes], token: str, seconds: float, threads: int, out: Any
 ) -> None:
@@ -47,12 +57,7 @@ def _client(
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
-    # Requests are pre-built bytes on a raw keep-alive socket: the client must cost as little CPU as
-    # possible, since it shares the machine's cores with the server it measures.
-    head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-    requests = [
-        f"POST {path} HTTP/1.1\r\n{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies
-    ] or [f"GET {path} HTTP/1.1\r\n{head}\r\n".encode()]
+    requests = _requests(port, path, bodies, token)
 
     def run(n: int) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -70,6 +75,59 @@ def _client(
                 sock = socket.create_connection(("127.0.0.1", port), timeout=30)
                 status = 0
             local.append((status, time.perf_counter() - start))
+        sock.close()
+        with lock:
+            results.extend(local)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put(results)
+
+
+def _alternating_client(
+    port: int,
+    phases: list[tuple[str, list[bytes]]],
+    token: str,
+    start: float,
+    slice_s: float,
+    gap_s: float,
+    slices: int,
+    threads: int,
+    out: Any,
+) -> None:
+    """One client process of load_alternating: `threads` keep-alive connections. Slice k starts at
+    start + k * (slice_s + gap_s) (time.monotonic, the same clock in every process) and lasts slice_s; in it
+    every connection sends phase k % len(phases)'s requests back to back. The gap lets the last requests of
+    a slice finish before the next phase starts. Results: (slice, status, completed inside the slice)."""
+    import threading
+
+    results: list[tuple[int, int, bool]] = []
+    lock = threading.Lock()
+    built = [_requests(port, path, bodies, token) for path, bodies in phases]
+
+    def run(n: int) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        local: list[tuple[int, int, bool]] = []
+        i = n
+        for k in range(slices):
+            begins = start + k * (slice_s + gap_s)
+            ends = begins + slice_s
+            time.sleep(max(0.0, begins - time.monotonic()))
+            requests = built[k % len(built)]
+            while time.monotonic() < ends:
+                request = requests[i % len(requests)]
+                i += threads
+                try:
+                    sock.sendall(request)
+                    status = _read_response(sock)
+                except OSError:
+                    sock.close()
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                    status = 0
+                local.append((k, status, time.monotonic() < ends))
         sock.close()
         with lock:
             results.extend(local)
@@ -235,3 +293,44 @@ def load(
     for p in procs:
         p.join()
     return _summary(results, time.perf_counter() - started)
+
+
+def load_alternating(
+    port: int,
+    phases: list[tuple[str, list[bytes]]],
+    token: str,
+    concurrency: int,
+    *,
+    slices: int,
+    slice_seconds: float,
+    gap_seconds: float,
+) -> dict[str, Any]:
+    """Closed loop over `concurrency` connections, alternating the endpoints of `phases` in short slices of
+    one run, so every endpoint sees the machine in the same state: on a shared VM the speed drifts from one
+    5-s window to the next by more than the differences measured. Per phase: the requests completed inside
+    its slices per second of its slices ("rate"), each slice's rate ("slice_rates"), and every request
+    answered ("ok", with the ones that finished in a gap)."""
+    procs_n = min(2, concurrency)
+    queue: Any = mp.Queue()
+    start = time.monotonic() + 0.5  # time for the processes to start and connect
+    args = (port, phases, token, start, slice_seconds, gap_seconds, slices, concurrency // procs_n, queue)
+    procs = [mp.Process(target=_alternating_client, args=args) for _ in range(procs_n)]
+    for p in procs:
+        p.start()
+    results = [r for _ in procs for r in queue.get()]
+    for p in procs:
+        p.join()
+    inside = [0] * slices
+    for k, status, completed_inside in results:
+        if status == 200 and completed_inside:
+            inside[k] += 1
+    summary: dict[str, Any] = {}
+    for n, (path, _) in enumerate(phases):
+        mine = range(n, slices, len(phases))
+        summary[path] = {
+            "rate": sum(inside[k] for k in mine) / (len(mine) * slice_seconds),
+            "slice_rates": [inside[k] / slice_seconds for k in mine],
+            "ok": sum(1 for k, status, _ in results if status == 200 and k % len(phases) == n),
+            "errors": sum(1 for k, status, _ in results if status != 200 and k % len(phases) == n),
+        }
+    return summary

@@ -12,6 +12,10 @@ measured by the same client code in the same run:
   work without the database and audit, which splits the unwrap's cost (--no-ceiling: serve the app alone). Its
   latencies are queueing: N requests always in flight at a rate X means a mean latency of N / X (Little's
   law), whatever the server does.
+* alternating slices: after the rounds, one closed-loop run alternating no-op and unwrap slices
+  (--slices, --slice-seconds, with --gap-seconds between for the last requests to finish), so both see the
+  machine in the same state; a shared VM's speed drifts between windows by more than the differences
+  measured. The ratio verdict needs the rounds' median and this run both at 50 %.
 * open loop (constant rate, wrk2-style): a fixed offered rate (--rates, e.g. 500 req/s) spread evenly over
   N connections, each request sent at its scheduled time; latency is measured from the *scheduled* send
   time, so a stall delays and counts against every request queued behind it (no coordinated omission).
@@ -39,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from http_load import load, load_open  # noqa: E402  (bench/, next to this script)
+from http_load import load, load_alternating, load_open  # noqa: E402  (bench/, next to this script)
 from keyserver_report import report  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
@@ -160,6 +164,31 @@ def measure(server: int, database: int | None, *args: Any, rate: float | None = 
     return result
 
 
+def _alternating(
+    config_path: Path, port: int, token: str, bodies: list[bytes], concurrency: int, args: Any
+) -> dict[str, Any]:
+    """No-op and unwrap in alternating slices of one closed-loop run (http_load.load_alternating): both
+    endpoints see the machine in the same state, which separate 5-s windows on a shared VM do not."""
+    before = audit_count(config_path)
+    phases = [("/healthz", []), ("/v1/unwrap", bodies)]
+    timing = {"slices": 2 * args.slices, "slice_seconds": args.slice_seconds, "gap_seconds": args.gap_seconds}
+    result = load_alternating(port, phases, token, concurrency, **timing)
+    noop, unwrap = result["/healthz"], result["/v1/unwrap"]
+    audited = audit_count(config_path) - before
+    assert noop["errors"] == unwrap["errors"] == 0, "a request failed in the alternating slices"
+    assert audited == unwrap["ok"], f"audit rows {audited} != unwraps answered {unwrap['ok']}"
+    pairs = [u / n for n, u in zip(noop["slice_rates"], unwrap["slice_rates"], strict=True) if n]
+    return {
+        "concurrency": concurrency,
+        "noop": noop,
+        "unwrap": unwrap,
+        "audited": audited,
+        "ratio": unwrap["rate"] / noop["rate"],
+        "pair_ratios": pairs,
+        **timing,
+    }
+
+
 def serve(
     config_path: Path, port: int, workers: int, threads: int, *, pin: bool = True, ceiling: bool = False
 ) -> subprocess.Popen[bytes]:
@@ -233,6 +262,16 @@ def main() -> None:
     )
     parser.add_argument("--open-seconds", type=float, default=10.0, help="per open-loop measurement")
     parser.add_argument("--no-closed", action="store_true", help="skip the closed loop")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=10,
+        help="closed loop, after the rounds: slices per endpoint alternating no-op and unwrap (0: none)",
+    )
+    parser.add_argument("--slice-seconds", type=float, default=1.0, help="length of one alternating slice")
+    parser.add_argument(
+        "--gap-seconds", type=float, default=0.25, help="between slices: the last requests of one finish"
+    )
     # Measured best on 2 cores: one worker on both backends. Releases of one process share a transaction
     # (group commit, keyserver/release.py); a second worker halves the batches and contends for the chain
     # lock across processes (PostgreSQL 2x4: 2.7-2.9 ms server CPU per unwrap against 1.7-2.2 for 1x16).
@@ -253,6 +292,7 @@ def main() -> None:
     args = parser.parse_args()
     closed: list[dict[str, Any]] = []
     open_: list[dict[str, Any]] = []
+    alternating: list[dict[str, Any]] = []
     for backend in args.backends:
         directory = Path(tempfile.mkdtemp(prefix=f"ks-bench-{backend}-"))
         cluster = Cluster(durable=True) if backend == "postgresql" else None
@@ -298,6 +338,10 @@ def main() -> None:
                         assert audited == unwrap["ok"], (
                             f"audit rows {audited} != unwraps answered {unwrap['ok']}"
                         )
+                    if args.slices:
+                        alternating.append(
+                            {**base, **_alternating(config_path, port, token, bodies, concurrency, args)}
+                        )
                 for rate in args.rates:
                     for connections in args.concurrency:
                         before = audit_count(config_path)
@@ -333,9 +377,10 @@ def main() -> None:
         "\nkey server under gunicorn gthread (workers x threads as shown; keyserver.gunicorn_conf, "
         "workers pinned to CPUs unless shown), keep-alive connections"
     )
-    report(closed, open_, args)
+    report(closed, open_, alternating, args)
     if args.json:
-        args.json.write_text(json.dumps({"closed": closed, "open": open_}, indent=1))
+        results = {"closed": closed, "open": open_, "alternating": alternating}
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

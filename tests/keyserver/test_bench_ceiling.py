@@ -36,7 +36,7 @@ def test_the_key_server_app_has_no_bench_route(tmp_path: Path) -> None:
     assert not [rule for rule in rules if rule.startswith("/bench")]
 
 
-def test_the_bench_measures_the_unwrap_without_audit_beside_the_real_one(tmp_path: Path) -> None:
+def test_the_bench_measures_the_unwrap_without_audit_and_alternating_slices(tmp_path: Path) -> None:
     out = tmp_path / "ks.json"
     run = subprocess.run(
         [
@@ -51,6 +51,12 @@ def test_the_bench_measures_the_unwrap_without_audit_beside_the_real_one(tmp_pat
             "--concurrency",
             "2",
             "--rates",
+            "--slices",
+            "2",
+            "--slice-seconds",
+            "0.3",
+            "--gap-seconds",
+            "0.1",
             "--json",
             str(out),
         ],
@@ -62,8 +68,15 @@ def test_the_bench_measures_the_unwrap_without_audit_beside_the_real_one(tmp_pat
     assert run.returncode == 0, run.stderr[-3000:]
     assert "audit chain verified after the runs: True" in run.stdout
     assert "without audit req/s" in run.stdout
-    (row,) = json.loads(out.read_text())["closed"]
+    results = json.loads(out.read_text())
+    (row,) = results["closed"]
     assert row["no_audit"]["ok"] > 0 and row["no_audit"]["errors"] == 0
     assert row["unwrap"]["ok"] > 0 and row["unwrap"]["errors"] == 0
     # The bench-only endpoint wrote no audit record: the count matches the real unwraps alone.
     assert row["audited"] == row["unwrap"]["ok"]
+    # No-op and unwrap in alternating slices of one run: both measured, every unwrap audited.
+    assert "Closed loop, alternating" in run.stdout
+    (mixed,) = results["alternating"]
+    assert mixed["noop"]["rate"] > 0 and mixed["unwrap"]["rate"] > 0 and len(mixed["pair_ratios"]) == 2
+    assert mixed["unwrap"]["errors"] == 0 and mixed["audited"] == mixed["unwrap"]["ok"] > 0
+    assert mixed["ratio"] == mixed["unwrap"]["rate"] / mixed["noop"]["rate"]
