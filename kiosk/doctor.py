@@ -15,13 +15,7 @@ import contextlib
 import ctypes
 import email.utils
 import json
-import os
-import resource
-import shutil
-import socket
-import ssl
 import stat
-import subprocess
 import threading
 import time
 import urllib.error
@@ -29,31 +23,29 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
 from kiosk import config as config_module
 from kiosk import keyring
-from kiosk.checks import FAIL, PASS, SKIP, WARN, CheckResult, format_text, free_space, overall
+from kiosk.checks import FAIL, PASS, SKIP, WARN, CheckResult, format_text, overall
 from kiosk.config import Config
-from kiosk.patient_lookup import LookupFailed, PatientLookupConfig, capabilities
+from kiosk.doctor_destinations import check_destination, check_patient_lookup
+from kiosk.doctor_host import (
+    check_audit_shipping,
+    check_core_dumps,
+    check_data_dir,
+    check_disk,
+    check_journal,
+    check_outbox,
+    check_swap,
+    check_work_dir,
+)
 
 SKEW_WARN_SECONDS = 30.0
 SKEW_FAIL_SECONDS = 300.0
 TIME_ERROR = 5  # adjtimex(2): the kernel clock is not synchronised
-PROC_MOUNTS = Path("/proc/mounts")
-PROC_SWAPS = Path("/proc/swaps")
-CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
-JOURNALD_CONF = Path("/etc/systemd/journald.conf")
-PERSISTENT_JOURNAL = Path("/var/log/journal")
-TMPFS_TYPES = {"tmpfs", "ramfs"}
-# The worker ships audit records within seconds; an hour behind means the key server has been away.
-AUDIT_BACKLOG_WARN_SECONDS = 3600.0
-AUDIT_BACKLOG_FAIL_SECONDS = 24 * 3600.0
-AUDIT_BACKLOG_FAIL_RECORDS = 100
 
 
 # --- the key server: one probe shared by several checks -----------------------------------------------
@@ -201,357 +193,6 @@ def check_enrollment(config: Config, probe: KeyServerProbe | None) -> CheckResul
             "`kiosk refresh-keys` (the station also refreshes by itself)",
         )
     return CheckResult(name, PASS, detail + " (the server's newest)")
-
-
-# --- destinations, generic checks by type ----------------------------------------------------------------
-
-
-def _connect(host: str, port: int, timeout: float, tls: ssl.SSLContext | None) -> str:
-    """TCP (and TLS) connect; returns a short description; raises OSError/ssl.SSLError."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        if tls is None:
-            return f"{host}:{port} accepts connections"
-        with tls.wrap_socket(sock, server_hostname=host) as wrapped:
-            return f"{host}:{port} TLS ok ({wrapped.version()})"
-
-
-def _connect_result(
-    name: str, host: str, port: int, timeout: float, tls: ssl.SSLContext | None
-) -> CheckResult:
-    try:
-        return CheckResult(name, PASS, _connect(host, port, timeout, tls))
-    except ssl.SSLCertVerificationError as exc:
-        return CheckResult(
-            name,
-            FAIL,
-            f"{host}:{port}: certificate not trusted ({exc.verify_message})",
-            "set ca_file to the hospital CA bundle",
-        )
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return CheckResult(
-            name, FAIL, f"cannot connect to {host}:{port}: {reason}", "check host, port, firewall"
-        )
-
-
-def _check_folder(name: str, dest: Any, timeout: float) -> CheckResult:
-    path = Path(dest.path)
-    if not path.is_dir():
-        return CheckResult(name, FAIL, f"{path} is not a directory", f"mount the share or create {path}")
-    if not os.access(path, os.W_OK | os.X_OK):
-        return CheckResult(name, FAIL, f"{path} is not writable by this user", f"chown kiosk {path}")
-    return CheckResult(name, PASS, f"{path} is a writable directory")
-
-
-def _check_email(name: str, dest: Any, timeout: float) -> CheckResult:
-    from kiosk.destinations.transport import tls_context
-
-    port = dest.effective_port
-    tls = tls_context(dest.ca_file) if dest.security == "tls" else None
-    result = _connect_result(name, dest.host, port, timeout, tls)
-    if result.status == PASS and dest.security == "starttls":
-        result = CheckResult(name, PASS, f"{dest.host}:{port} accepts connections (STARTTLS at send time)")
-    return result
-
-
-def _check_https(name: str, dest: Any, timeout: float) -> CheckResult:
-    from kiosk.destinations.transport import tls_context
-
-    parts = urlsplit(dest.url)
-    secure = parts.scheme == "https"
-    port = parts.port or (443 if secure else 80)
-    return _connect_result(
-        name, parts.hostname or "", port, timeout, tls_context(dest.ca_file) if secure else None
-    )
-
-
-def _check_http_endpoint(path: str, service: str) -> Callable[[str, Any, float], CheckResult]:
-    def check(name: str, dest: Any, timeout: float) -> CheckResult:
-        from kiosk.destinations.base import DeliveryError
-        from kiosk.destinations.medical_common import request
-
-        quick = dest.model_copy(update={"timeout": min(timeout, dest.timeout)})
-        url = dest.base_url.rstrip("/") + path
-        try:
-            reply = request(quick, "GET", url, headers={"Accept": "application/json"}, service=service)
-        except DeliveryError as exc:
-            return CheckResult(name, FAIL, str(exc), "check base_url, network and ca_file")
-        if reply.status in (401, 403):
-            return CheckResult(name, FAIL, f"{url}: HTTP {reply.status}", "check the [auth] credentials")
-        if reply.status >= 500 or (path and reply.status != 200):
-            return CheckResult(name, WARN, f"{url}: HTTP {reply.status}", f"ask the {service} administrator")
-        return CheckResult(name, PASS, f"{url}: HTTP {reply.status}")
-
-    return check
-
-
-def _check_rclone(name: str, dest: Any, timeout: float) -> CheckResult:
-    binary = shutil.which(dest.rclone_binary)
-    if binary is None:
-        return CheckResult(name, FAIL, f"{dest.rclone_binary} is not installed", "apt install rclone")
-    if not Path(dest.rclone_config).is_file():
-        return CheckResult(
-            name, FAIL, f"{dest.rclone_config} is missing", f"rclone config --config {dest.rclone_config}"
-        )
-    command = [
-        binary,
-        "--config",
-        str(dest.rclone_config),
-        "lsd",
-        dest.remote,
-        "--contimeout",
-        f"{timeout:g}s",
-    ]
-    try:
-        done = subprocess.run(command, capture_output=True, timeout=timeout * 3, check=False)
-    except subprocess.TimeoutExpired:
-        return CheckResult(name, FAIL, f"`rclone lsd {dest.remote}` did not finish", "check the network")
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        return CheckResult(
-            name,
-            FAIL,
-            f"rclone lsd {dest.remote}: {lines[-1] if lines else 'failed'}",
-            "`rclone config reconnect`",
-        )
-    return CheckResult(name, PASS, f"rclone lists {dest.remote}")
-
-
-_DESTINATION_CHECKS: dict[str, Callable[[str, Any, float], CheckResult]] = {
-    "folder": _check_folder,
-    "email": _check_email,
-    "https": _check_https,
-    "rclone": _check_rclone,
-    "fhir": _check_http_endpoint("/metadata", "FHIR server"),
-    "dicomweb": _check_http_endpoint("", "DICOMweb server"),
-}
-
-
-def check_destination(dest: Any, timeout: float, probe: KeyServerProbe | None) -> CheckResult:
-    name = f"destination {dest.name}"
-    kind = getattr(dest, "type", "?")
-    if kind == "keyserver-inbox":
-        if probe is None:
-            return CheckResult(name, FAIL, "no [keyserver] section", "add [keyserver] url to kiosk.toml")
-        if not probe.reachable:
-            return CheckResult(name, FAIL, probe.error, "see the key server check")
-        return CheckResult(name, PASS, f"key server inbox at {probe.url} reachable")
-    check = _DESTINATION_CHECKS.get(kind)
-    if check is None:
-        return CheckResult(name, SKIP, f"no check for type {kind!r}")
-    return check(name, dest, timeout)
-
-
-# --- the optional FHIR patient lookup --------------------------------------------------------------------
-
-_LOOKUP_FIXES = {
-    "credentials": "check [patient_lookup] auth (token or password) and that this account may read Patient",
-    "setup": "fix [patient_lookup] auth or ca_file: secret files owned by kiosk, chmod 600; a PEM ca_file",
-    "tls": "set [patient_lookup] ca_file to the CA that signs the FHIR server's certificate; check the URL",
-    "network": "check the network, the firewall and [patient_lookup] fhir_base_url (host and port)",
-    "server": "the FHIR server has a problem: ask its administrator (nurses can still type identifiers)",
-    "answer": "check [patient_lookup] fhir_base_url: it must be the FHIR base, where /metadata answers",
-}
-
-
-def _short(value: object) -> str:
-    """Text the server sent, as one short line."""
-    return " ".join(str(value).split())[:60]
-
-
-def check_patient_lookup(lookup: PatientLookupConfig | None, timeout: float) -> CheckResult:
-    """`GET [base]/metadata` with the lookup's own auth, TLS and timeout; never a patient identifier."""
-    name = "patient lookup"
-    if lookup is None:
-        return CheckResult(name, SKIP, "not configured ([patient_lookup] missing)")
-    if not lookup.enabled:
-        return CheckResult(name, SKIP, "turned off ([patient_lookup] enabled = false)")
-    quick = lookup.model_copy(update={"timeout": min(timeout, lookup.timeout)})
-    try:
-        statement = capabilities(quick)
-    except LookupFailed as exc:
-        fix = _LOOKUP_FIXES.get(exc.reason, "check [patient_lookup] in kiosk.toml")
-        return CheckResult(name, FAIL, exc.detail or exc.outcome, fix)
-    version, software = statement.get("fhirVersion"), statement.get("software")
-    about = [f"FHIR {_short(version)}"] if version else []
-    if isinstance(software, dict) and software.get("name"):
-        about.append(_short(f"{software['name']} {software.get('version') or ''}"))
-    detail = f"{lookup.fhir_base_url}/metadata answers a CapabilityStatement"
-    if about:
-        detail += f" ({', '.join(about)})"
-    return CheckResult(name, PASS, detail)
-
-
-# --- the station's own machine ---------------------------------------------------------------------------
-
-
-def _unescape_mount(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def mount_of(path: Path, mounts_text: str | None = None) -> tuple[str, str, set[str]] | None:
-    """(mount point, fs type, options) of the filesystem holding `path`, from /proc/mounts."""
-    text = PROC_MOUNTS.read_text() if mounts_text is None else mounts_text
-    target = os.path.realpath(path)
-    best: tuple[str, str, set[str]] | None = None
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        point = _unescape_mount(fields[1])
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best[0])):  # later mounts hide earlier ones
-            best = (point, fields[2], set(fields[3].split(",")))
-    return best
-
-
-def active_swaps(swaps_text: str | None = None) -> list[str]:
-    text = PROC_SWAPS.read_text() if swaps_text is None else swaps_text
-    return [line.split()[0] for line in text.splitlines()[1:] if line.strip()]
-
-
-def check_swap() -> CheckResult:
-    swaps = active_swaps()
-    if swaps:
-        return CheckResult(
-            "swap",
-            FAIL,
-            f"swap is on ({', '.join(swaps)}): RAM holding photos can be written to disk",
-            "rerun deploy/pi/install.sh (disables dphys-swapfile and zram), or `swapoff -a`",
-        )
-    return CheckResult("swap", PASS, "no swap (/proc/swaps is empty)")
-
-
-def check_work_dir(config: Config) -> CheckResult:
-    work_dir = config.station.work_dir
-    if work_dir is None:
-        return CheckResult("tmpfs", PASS, "work_dir unset: transient data stays in process memory")
-    if not work_dir.is_dir():
-        return CheckResult(
-            "tmpfs", FAIL, f"work_dir {work_dir} does not exist", "systemctl start run-kiosk.mount"
-        )
-    found = mount_of(work_dir)
-    if found is None or found[1] not in TMPFS_TYPES:
-        kind = found[1] if found else "unknown"
-        return CheckResult(
-            "tmpfs",
-            FAIL,
-            f"work_dir {work_dir} is on {kind}, not tmpfs: plaintext could reach the SD card",
-            "systemctl enable --now run-kiosk.mount (deploy/pi/install.sh installs it)",
-        )
-    point, kind, options = found
-    if "noswap" not in options and active_swaps():
-        return CheckResult("tmpfs", WARN, f"{point} is {kind} without noswap and swap is on", "swapoff -a")
-    extra = ", noswap" if "noswap" in options else ""
-    return CheckResult("tmpfs", PASS, f"work_dir {work_dir} is on {kind} ({point}{extra})")
-
-
-def check_core_dumps() -> CheckResult:
-    try:
-        pattern = CORE_PATTERN.read_text().strip()
-    except OSError:
-        pattern = ""
-    hard_limit = resource.getrlimit(resource.RLIMIT_CORE)[1]
-    if pattern.startswith("|/bin/false") or hard_limit == 0:
-        return CheckResult(
-            "core dumps", PASS, f"disabled (core_pattern {pattern!r}, hard limit {hard_limit})"
-        )
-    return CheckResult(
-        "core dumps",
-        WARN,
-        f"a crash could write process memory to disk (core_pattern {pattern!r})",
-        "rerun deploy/pi/install.sh (sysctl kernel.core_pattern=|/bin/false, coredump Storage=none)",
-    )
-
-
-def journald_storage(conf: Path = JOURNALD_CONF) -> str | None:
-    """The effective journald Storage= setting from journald.conf and its drop-ins (last one wins)."""
-    files = [conf]
-    for directory in (Path("/usr/lib/systemd/journald.conf.d"), Path("/etc/systemd/journald.conf.d")):
-        if directory.is_dir():
-            files += sorted(directory.glob("*.conf"), key=lambda p: p.name)
-    value = None
-    for file in files:
-        with contextlib.suppress(OSError):
-            for line in file.read_text().splitlines():
-                key, _, rest = line.strip().partition("=")
-                if key.strip() == "Storage":
-                    value = rest.strip()
-    return value
-
-
-def check_journal() -> CheckResult:
-    storage = journald_storage()
-    if storage in ("volatile", "none"):
-        return CheckResult("journal", PASS, f"journald Storage={storage}: logs stay in RAM")
-    if storage in (None, "auto") and not PERSISTENT_JOURNAL.is_dir():
-        return CheckResult("journal", PASS, "no persistent journal (/var/log/journal absent)")
-    return CheckResult(
-        "journal",
-        WARN,
-        f"journald keeps logs on disk (Storage={storage or 'auto'}); logs carry no patient data, but the "
-        "station image keeps them in RAM",
-        "rerun deploy/pi/install.sh (journald Storage=volatile)",
-    )
-
-
-def check_data_dir(config: Config) -> CheckResult:
-    path = config.station.data_dir
-    if not path.is_dir():
-        return CheckResult("data dir", FAIL, f"{path} does not exist", f"install -d -m 0700 -o kiosk {path}")
-    if not os.access(path, os.W_OK | os.X_OK):
-        return CheckResult("data dir", FAIL, f"{path} is not writable by this user", f"chown kiosk {path}")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        return CheckResult("data dir", WARN, f"{path} has mode {mode:04o}", f"chmod 700 {path}")
-    return CheckResult("data dir", PASS, f"{path} (mode {mode:04o})")
-
-
-def check_disk(config: Config) -> CheckResult:
-    fix = "free space on the SD card (apt clean; journalctl --vacuum-size=16M); check the outbox"
-    return free_space("free disk", config.station.data_dir, fix)
-
-
-def check_outbox(config: Config) -> CheckResult:
-    from kiosk.outbox.store import Outbox
-    from kiosk.outbox.worker import status
-
-    if not config.station.data_dir.is_dir():
-        return CheckResult("outbox", SKIP, "no data dir")
-    outbox = Outbox(config.station.data_dir)
-    try:
-        current = status(outbox)
-    finally:
-        outbox.close()
-    waiting = current.pending + current.failed
-    detail = f"{current.pending} pending, {current.failed} failed"
-    if waiting:
-        detail += f", oldest {current.oldest_age_seconds / 60:.0f} min"
-    if current.stuck:
-        return CheckResult(
-            "outbox", FAIL, detail, "`kiosk outbox list`, fix the destination, then `kiosk outbox retry`"
-        )
-    return CheckResult("outbox", PASS, detail if waiting else "empty")
-
-
-def check_audit_shipping(config: Config, now: float | None = None) -> CheckResult:
-    from kiosk.audit_shipping import backlog
-
-    name = "audit shipping"
-    if not config.credentials_file.exists():
-        return CheckResult(name, SKIP, "not enrolled: the audit trail stays on the station")
-    behind = backlog(config.station.data_dir)
-    if not behind.unshipped or behind.oldest_at is None:
-        return CheckResult(name, PASS, f"the key server holds the audit trail up to seq {behind.shipped_seq}")
-    age = (time.time() if now is None else now) - behind.oldest_at
-    plural = "s" if behind.unshipped != 1 else ""
-    detail = f"{behind.unshipped} audit record{plural} not shipped, oldest {age / 3600:.1f} h"
-    fix = "`kiosk outbox ship-audit` shows why (key server unreachable, station disabled, chain conflict)"
-    if age <= AUDIT_BACKLOG_WARN_SECONDS:
-        return CheckResult(name, PASS, detail)
-    if age > AUDIT_BACKLOG_FAIL_SECONDS and behind.unshipped >= AUDIT_BACKLOG_FAIL_RECORDS:
-        return CheckResult(name, FAIL, detail, fix)
-    return CheckResult(name, WARN, detail, fix)
 
 
 # --- hardware ---------------------------------------------------------------------------------------------

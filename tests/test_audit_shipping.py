@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kiosk import audit, audit_shipping, doctor, station
+from kiosk import audit, audit_shipping, doctor, doctor_host, station
 from kiosk import config as kiosk_config
 from kiosk.app.events import StationEvents
 from kiosk.cli import main
@@ -125,7 +125,7 @@ def test_doctor_reports_the_backlog(key_server: KeyServer, tmp_path: Path) -> No
     much_later = time.time() + 3 * 24 * 3600
     small = doctor.check_audit_shipping(config, now=much_later)
     assert small.status == "warn" and "ship-audit" in small.fix  # old, but only one record
-    record(config.station.data_dir, doctor.AUDIT_BACKLOG_FAIL_RECORDS)
+    record(config.station.data_dir, doctor_host.AUDIT_BACKLOG_FAIL_RECORDS)
     large = doctor.check_audit_shipping(config, now=much_later)
     assert large.status == "fail" and "101 audit records" in large.detail
     assert large.fix.startswith("`kiosk outbox ship-audit`")

@@ -18,7 +18,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from kiosk import checks, doctor
+from kiosk import checks, doctor, doctor_host
 from kiosk import config as kiosk_config
 from kiosk.cli import main as kiosk_main
 from kiosk.outbox.store import Outbox
@@ -150,10 +150,10 @@ def test_work_dir_on_disk_fails(tmp_path: Path) -> None:
     disk.mkdir()
     text = config.read_text()
     config.write_text(text.replace(text.split('work_dir = "')[1].split('"')[0], str(disk)))
-    found = doctor.mount_of(disk)
+    found = doctor_host.mount_of(disk)
     code, results = run_doctor(config)
     tmpfs = by_name(results)["tmpfs"]
-    if found and found[1] in doctor.TMPFS_TYPES:
+    if found and found[1] in doctor_host.TMPFS_TYPES:
         pytest.skip("the temp dir itself is on tmpfs here")
     assert tmpfs["status"] == "fail" and "not tmpfs" in tmpfs["detail"] and code == 1
 
@@ -300,14 +300,14 @@ def test_mount_lookup_prefers_the_innermost_mount() -> None:
         "tmpfs /run/kiosk tmpfs rw,nosuid,nodev,noexec,mode=700,noswap 0 0\n"
         "/dev/sda1 /mnt/with\\040space vfat rw 0 0\n"
     )
-    assert doctor.mount_of(Path("/run/kiosk/x"), mounts) == (
+    assert doctor_host.mount_of(Path("/run/kiosk/x"), mounts) == (
         "/run/kiosk",
         "tmpfs",
         {"rw", "nosuid", "nodev", "noexec", "mode=700", "noswap"},
     )
-    assert doctor.mount_of(Path("/run/kioskother"), mounts)[0] == "/run"  # type: ignore[index]
-    assert doctor.mount_of(Path("/mnt/with space/f"), mounts)[1] == "vfat"  # type: ignore[index]
-    assert doctor.active_swaps("Filename Type Size Used Priority\n/dev/zram0 partition 1 0 100\n") == [
+    assert doctor_host.mount_of(Path("/run/kioskother"), mounts)[0] == "/run"  # type: ignore[index]
+    assert doctor_host.mount_of(Path("/mnt/with space/f"), mounts)[1] == "vfat"  # type: ignore[index]
+    assert doctor_host.active_swaps("Filename Type Size Used Priority\n/dev/zram0 partition 1 0 100\n") == [
         "/dev/zram0"
     ]
 
