@@ -120,12 +120,17 @@ def to_review_with(page: Page, wanted: str) -> None:
     choose_site(page, "front-forearm-a")
     take_photos(page, 1)
     page.get_by_test_id("to-review").click()
-    for button in page.get_by_test_id("destination").all():
+    expect(page.get_by_test_id("send")).to_be_visible()  # the review page, not the capture page
+    buttons = page.get_by_test_id("destination")
+    for index in range(buttons.count()):
+        button = buttons.nth(index)
         name = button.inner_text()
         selected = button.get_attribute("aria-pressed") == "true"
         if (wanted in name) != selected:
             button.click()
-            page.wait_for_load_state()
+            # A toggle is a form post and a new page: wait for this button's new state before reading the
+            # next one (waiting for "load" could still see the old page on a busy machine).
+            expect(button).to_have_attribute("aria-pressed", "false" if selected else "true")
     expect(page.locator('[data-testid="destination"][aria-pressed="true"]')).to_have_count(1)
     expect(page.locator('[data-testid="destination"][aria-pressed="true"]')).to_contain_text(wanted)
 
