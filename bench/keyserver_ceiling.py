@@ -3,7 +3,8 @@
 `POST /bench/unwrap-no-audit` takes the same request as `POST /v1/unwrap` and does everything the request
 thread does before a release joins its audit batch (reports.prepare_release: JSON body, header validation,
 canonical header and its hash, base64, the token's hash, the HPKE unwrap with the cached private key), then
-answers with the data key in the same JSON shape — no token lookup, no policy, no database, no audit record.
+answers with the data key as /v1/unwrap answers (api.release_answer) — no token lookup, no policy, no
+database, no audit record.
 bench/keyserver.py measures it next to the no-op and the real unwrap, on the same gunicorn stack in the same
 run, to split the unwrap's cost into "the work the request itself needs" and "deciding and recording it".
 
@@ -15,12 +16,11 @@ from __future__ import annotations
 
 import os
 
-from flask import Response, abort, g, jsonify
+from flask import Response, abort, g
 
 from keyserver import app as keyserver_app
 from keyserver import reports
-from keyserver.api import json_body
-from kiosk.sealing import envelope
+from keyserver.api import json_body, release_answer
 
 if os.environ.get("KEYSERVER_BENCH_CEILING") != "1":
     raise RuntimeError("bench/keyserver_ceiling.py answers unwraps without audit: bench only")
@@ -45,12 +45,7 @@ def unwrap_no_audit() -> Response:
     )
     if item.early is None or item.early[1] is None:  # key not cached yet (no /v1/unwrap before) or bad
         abort(503)
-    return jsonify(
-        report_id=item.header.report_id,
-        kek_version=item.header.kek_version,
-        data_key=envelope.b64encode(item.early[1]),
-        audit_seq=0,
-    )
+    return release_answer(item.header.report_id, item.header.kek_version or 0, item.early[1], 0)
 
 
 app.add_url_rule("/bench/unwrap-no-audit", ENDPOINT, unwrap_no_audit, methods=["POST"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, g, jsonify, request, send_file
 
 from keyserver import audit, db, inbox, keks, reports, stations
@@ -153,12 +154,19 @@ def _release(delivery: bool) -> Response:
     release = reports.unwrap(
         st.engine, st.keys, p, body, delivery=delivery, ip=client_ip(), token=g.deferred_token
     )
-    return jsonify(
-        report_id=release.report_id,
-        kek_version=release.kek_version,
-        data_key=envelope.b64encode(release.data_key),
-        audit_seq=release.audit_seq,
-    )
+    return release_answer(release.report_id, release.kek_version, release.data_key, release.audit_seq)
+
+
+def release_answer(report_id: str, kek_version: int, data_key: bytes, audit_seq: int) -> Response:
+    """The answer to a key release. The key server's hottest answer, a fixed shape of strings and integers:
+    serialized by orjson, in a fraction of jsonify's CPU (bench/keyserver_steps.py), to the same JSON."""
+    answer = {
+        "audit_seq": audit_seq,
+        "data_key": envelope.b64encode(data_key),
+        "kek_version": kek_version,
+        "report_id": report_id,
+    }
+    return Response(orjson.dumps(answer), mimetype="application/json")
 
 
 @api.post("/unwrap")

@@ -81,9 +81,13 @@ def test_recipient_unwrap_round_trip_is_audited(ks: KeyServer) -> None:
     assert ks.post("/v1/reports", "ward-3", json={"header": package["header"]}).status_code == 200
     r = ks.post("/v1/unwrap", "nurse.lee", json=package)
     assert r.status_code == 200, r.text
+    # The answer as the OpenAPI document describes it (written with orjson, not jsonify).
+    assert r.headers["Content-Type"] == "application/json"
+    assert set(r.json()) == {"report_id", "kek_version", "data_key", "audit_seq"}
     data_key = envelope.b64decode(r.json()["data_key"])
     assert _decrypt(path, data_key) == payload
     report_id = package["header"]["report_id"]
+    assert r.json()["report_id"] == report_id and r.json()["kek_version"] == package["header"]["kek_version"]
     records = _audit(ks, report_id=report_id)
     assert [(x["action"], x["outcome"]) for x in records] == [
         ("report.register", "ok"),
