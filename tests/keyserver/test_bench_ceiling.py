@@ -1,5 +1,6 @@
-"""bench/keyserver_ceiling.py (an unwrap WITHOUT audit, for the benchmark only) stays out of the real key
-server, and bench/keyserver.py measures it next to the no-op and the audited unwrap."""
+"""bench/keyserver_ceiling.py (an unwrap WITHOUT audit, for the benchmark only) and the other bench-only
+apps stay out of the real key server, and bench/keyserver.py measures the unwrap without audit next to
+the no-op and the audited unwrap."""
 
 from __future__ import annotations
 
@@ -9,17 +10,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from keyserver.app import create_app
 from tests.keyserver.conftest import make_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_unwrap_without_audit_refuses_to_load_outside_the_bench() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "KEYSERVER_BENCH_CEILING"}
+@pytest.mark.parametrize(
+    ("module", "variable"),
+    [
+        ("keyserver_ceiling", "KEYSERVER_BENCH_CEILING"),  # the unwrap without audit
+        ("keyserver_steps_app", "KEYSERVER_BENCH_STEPS"),  # CPU counters (bench/keyserver_steps.py)
+    ],
+)
+def test_the_bench_only_apps_refuse_to_load_outside_the_bench(module: str, variable: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != variable}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "bench")])
     run = subprocess.run(
-        [sys.executable, "-c", "import keyserver_ceiling"],
+        [sys.executable, "-c", f"import {module}"],
         env=env,
         capture_output=True,
         text=True,
