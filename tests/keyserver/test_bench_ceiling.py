@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from keyserver.app import create_app
+from tests.keyserver.bench_run import ROOT, run_bench
 from tests.keyserver.conftest import make_config
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -48,34 +47,27 @@ def test_the_key_server_app_has_no_bench_route(tmp_path: Path) -> None:
 
 def test_the_bench_measures_the_unwrap_without_audit_and_alternating_slices(tmp_path: Path) -> None:
     out = tmp_path / "ks.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "keyserver.py"),
-            "--backends",
-            "sqlite",
-            "--seconds",
-            "0.5",
-            "--rounds",
-            "1",
-            "--concurrency",
-            "2",
-            "--rates",
-            "--slices",
-            "2",
-            "--slice-seconds",
-            "0.3",
-            "--gap-seconds",
-            "0.1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run = run_bench(
+        "keyserver.py",
+        "--backends",
+        "sqlite",
+        "--seconds",
+        "0.5",
+        "--rounds",
+        "1",
+        "--concurrency",
+        "2",
+        "--rates",
+        "--slices",
+        "2",
+        "--slice-seconds",
+        "0.3",
+        "--gap-seconds",
+        "0.1",
+        "--json",
+        str(out),
         cwd=tmp_path,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     assert "audit chain verified after the runs: True" in run.stdout
     assert "without audit req/s" in run.stdout
     results = json.loads(out.read_text())

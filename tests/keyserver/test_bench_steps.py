@@ -4,36 +4,27 @@ its counting app (bench/keyserver_steps_app.py) refuses to load outside the benc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.keyserver.bench_run import run_bench
 
 
 def test_the_steps_bench_splits_the_unwrap_by_step(tmp_path: Path) -> None:
     out = tmp_path / "steps.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "keyserver_steps.py"),
-            "--backends",
-            "sqlite",
-            "--concurrency",
-            "2",
-            "--seconds",
-            "0.5",
-            "--threads",
-            "4",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run = run_bench(
+        "keyserver_steps.py",
+        "--backends",
+        "sqlite",
+        "--concurrency",
+        "2",
+        "--seconds",
+        "0.5",
+        "--threads",
+        "4",
+        "--json",
+        str(out),
         cwd=tmp_path,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     assert "| step | no-op µs/request | unwrap µs/request |" in run.stdout
     assert "HPKE unwrap" in run.stdout and "audit records and their hash chain" in run.stdout
     (result,) = json.loads(out.read_text())
